@@ -1,0 +1,5 @@
+import sys
+
+from proxykernel.cli import main
+
+sys.exit(main())

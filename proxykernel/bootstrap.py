@@ -1,0 +1,129 @@
+"""What runs first on the remote host: a one-line shell script and a stdlib-only Python bootstrap.
+
+The bootstrap checks the remote Python and its packages, looks for the agent in the user's cache
+(keyed by the agent's SHA-256), asks for it over the stream when missing, verifies it and runs it.
+Only non-secret values appear on the command line: the session key travels later, inside the stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+__all__ = ["AgentBundle", "agent_bundle", "remote_command", "BootReply", "BootReader", "BOOT_MARK"]
+
+BOOT_MARK = b"\nPXKBOOT "
+# Noise allowed before the bootstrap's line (banners, .bashrc output) before we call it broken.
+MAX_BOOT_NOISE = 64 * 1024
+
+# Runs on whatever Python the user named, so it must fail politely on old ones: no f-strings.
+_BOOTSTRAP = r'''
+import os,sys
+def say(s):os.write(1,("\nPXKBOOT "+s+"\n").encode())
+if sys.version_info<(3,8):say("ERR old-python %d.%d %s"%(sys.version_info[0],sys.version_info[1],sys.executable));sys.exit(3)
+import hashlib,importlib.util as u,tempfile
+m=[n for n in("ipykernel","zmq","jupyter_client")if u.find_spec(n)is None]
+if m:say("ERR missing %s %s"%(",".join(m),sys.executable));sys.exit(3)
+h=sys.argv[1];d=os.path.join(os.environ.get("XDG_CACHE_HOME")or os.path.expanduser("~/.cache"),"proxykernel");f=os.path.join(d,"agent-%s.zip"%h)
+def rd(n):
+ b=[];k=0
+ while k<n:
+  c=os.read(0,n-k)
+  if not c:sys.exit(4)
+  b.append(c);k+=len(c)
+ return b"".join(b)
+try:
+ with open(f,"rb")as x:ok=hashlib.sha256(x.read()).hexdigest()==h
+except OSError:ok=False
+if ok:say("HAVE")
+else:
+ say("NEED");z=rd(int(rd(12)))
+ if hashlib.sha256(z).hexdigest()!=h:say("ERR corrupt-agent");sys.exit(4)
+ try:os.makedirs(d,0o700,exist_ok=True);t=f+".%d"%os.getpid()
+ except OSError:t=f=tempfile.mkstemp(suffix=".zip")[1]
+ with open(t,"wb")as x:x.write(z)
+ os.replace(t,f)
+sys.path.insert(0,f)
+import remote_agent.agent as a
+a.main(sys.argv[2:])
+'''
+
+
+@dataclass(frozen=True)
+class AgentBundle:
+    """The agent package as the zip the remote runs, and its hash (the cache key)."""
+    data: bytes
+    sha256: str
+
+    def framed(self) -> bytes:
+        """The bytes sent after the bootstrap says NEED: a 12-digit length, then the zip."""
+        return b"%012d" % len(self.data) + self.data
+
+
+@lru_cache(maxsize=None)
+def agent_bundle(source: Optional[str] = None) -> AgentBundle:
+    """Zip ``remote_agent`` deterministically (fixed timestamps), so equal code gives an equal hash."""
+    package = Path(source) if source else Path(__file__).resolve().parent.parent / "remote_agent"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(package.glob("*.py")):
+            info = zipfile.ZipInfo("remote_agent/" + path.name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    data = buffer.getvalue()
+    return AgentBundle(data, hashlib.sha256(data).hexdigest())
+
+
+def remote_command(python: str, bundle: AgentBundle, sudo: bool = False) -> str:
+    """The command line ssh hands to the remote login shell.
+
+    One line of POSIX sh, itself quoted, so it means the same under bash, zsh, csh or fish login
+    shells. ``python`` may be an interpreter, a name on PATH, or an environment prefix.
+    """
+    run = ('exec sudo -n -- "$p"' if sudo else 'exec "$p"')
+    script = (
+        "p=%s; if [ -d \"$p\" ]; then p=\"$p/bin/python\"; fi; "
+        "case \"$p\" in */*) ;; *) p=$(command -v \"$p\") || p=;; esac; "
+        "if [ -z \"$p\" ] || [ ! -x \"$p\" ]; then printf '\\nPXKBOOT ERR no-python\\n'; exit 127; fi; "
+        "%s -c %s %s"
+    ) % (shlex.quote(python), run, shlex.quote(_BOOTSTRAP.strip()), bundle.sha256)
+    return "sh -c " + shlex.quote(script)
+
+
+@dataclass(frozen=True)
+class BootReply:
+    """The bootstrap's verdict: ``HAVE``, ``NEED`` or ``ERR`` with its words."""
+    status: str
+    words: Tuple[str, ...]
+
+
+class BootReader:
+    """Sans-IO reader of the remote's stdout up to the bootstrap's line.
+
+    ``feed`` returns the reply once its line is complete, with the noise before it and the bytes
+    after it (the start of the agent's stream); before that it returns None.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b"\n"  # so a mark at the very start is found like any other
+        self.noise = b""
+
+    def feed(self, data: bytes) -> Optional[Tuple[BootReply, bytes]]:
+        self._buffer += data
+        at = self._buffer.find(BOOT_MARK)
+        end = self._buffer.find(b"\n", at + len(BOOT_MARK)) if at >= 0 else -1
+        if end < 0:
+            if len(self._buffer) > MAX_BOOT_NOISE:
+                raise ValueError("the remote printed %d bytes without starting the proxykernel "
+                                 "bootstrap" % len(self._buffer))
+            return None
+        self.noise = self._buffer[1:at]
+        words: List[str] = self._buffer[at + len(BOOT_MARK):end].decode("utf-8", "replace").split()
+        rest = self._buffer[end + 1:]
+        self._buffer = b""
+        return BootReply(words[0] if words else "", tuple(words[1:])), rest

@@ -1,0 +1,80 @@
+"""``python -m proxykernel``: the process Jupyter starts through kernel.json.
+
+Same flags and meaning as the older ``ssh_ipykernel`` (``--host``, ``--python``, ``-f``, ``--timeout``,
+``--env``, ``-s/--sudo``), plus the ssh pass-through options.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from proxykernel.proxy import Proxy, ProxyConfig
+from proxykernel.transport import SSHOptions
+
+__all__ = ["main", "parse_env", "build_parser"]
+
+log = logging.getLogger("proxykernel")
+
+
+def parse_env(values: Sequence[str]) -> Dict[str, str]:
+    """``["VAR1=demo VAR2=abc", "X=1"]`` -> a dict; each value may hold several shell-quoted pairs."""
+    env: Dict[str, str] = {}
+    for value in values:
+        for pair in shlex.split(value):
+            name, sep, setting = pair.partition("=")
+            if not sep or not name.isidentifier():
+                raise ValueError("--env expects VAR=value pairs, not %r" % pair)
+            env[name] = setting
+    return env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxykernel",
+        description="Run a Jupyter kernel on a remote host, over one SSH connection (no port forwarding).")
+    parser.add_argument("--host", "-H", required=True, help="ssh host or alias from your ssh config")
+    parser.add_argument("--python", "-p", required=True,
+                        help="remote Python: an interpreter path, a name on PATH, or an environment prefix")
+    parser.add_argument("-f", "--file", "--connection-file", dest="connection_file", required=True,
+                        help="the kernel connection file Jupyter writes ({connection_file})")
+    parser.add_argument("--timeout", "-t", type=float, default=30.0,
+                        help="seconds to wait for the remote kernel to start (default: 30)")
+    parser.add_argument("--env", "-e", nargs="*", default=[], metavar="VAR=value",
+                        help="environment variables for the remote kernel, e.g. --env 'A=1 B=2'")
+    parser.add_argument("-s", "--sudo", action="store_true", help="run the remote kernel with sudo -n")
+    parser.add_argument("--ssh-option", "-o", action="append", default=[], metavar="NAME=VALUE",
+                        help="an option for ssh, as ssh -o takes it (repeatable)")
+    parser.add_argument("--ssh-config", "-F", metavar="FILE", help="an ssh config file to use instead of ~/.ssh/config")
+    parser.add_argument("--ssh-command", default="ssh", help=argparse.SUPPRESS)
+    parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
+                        help="how the remote kernel binds its sockets: ipc (unix sockets in a private "
+                             "directory, default) or tcp on 127.0.0.1")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO")
+    parser.add_argument("--agent-source", help=argparse.SUPPRESS)  # tests ship a modified agent
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="[proxykernel %(levelname)s] %(message)s")
+    try:
+        env = parse_env(args.env)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    ssh = SSHOptions(host=args.host, config_file=args.ssh_config, options=tuple(args.ssh_option),
+                     connect_timeout=args.timeout, ssh=args.ssh_command)
+    config = ProxyConfig(host=args.host, python=args.python, connection_file=args.connection_file,
+                         timeout=args.timeout, env=env, sudo=args.sudo, ssh=ssh,
+                         transport=args.transport, agent_source=args.agent_source)
+
+    async def run() -> int:
+        return await Proxy(config).run()
+
+    return asyncio.run(run())

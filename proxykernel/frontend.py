@@ -1,0 +1,115 @@
+"""The local side Jupyter sees: the five kernel sockets, bound exactly as a kernel binds them.
+
+Called by ``proxy.Proxy``: it hands every whole message a frontend sends to ``on_message`` and puts
+the kernel's messages on the right socket with ``send``. Messages pass through as opaque frames; the
+only message this module makes itself is IOPub's ``iopub_welcome``, signed with the session key.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Dict, List, Sequence
+
+import zmq
+from jupyter_client.session import Session
+from zmq.eventloop.zmqstream import ZMQStream
+
+__all__ = ["Frontend", "load_connection_file", "ConnectionFileError"]
+
+log = logging.getLogger("proxykernel")
+
+_REQUIRED = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "ip", "key",
+             "transport")
+
+
+class ConnectionFileError(Exception):
+    """The connection file Jupyter gave us cannot be used; the message says why."""
+
+
+def load_connection_file(path: str) -> Dict[str, object]:
+    """Read and check Jupyter's connection file, with one clear sentence for each way it is bad."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            info = json.load(handle)
+    except FileNotFoundError:
+        raise ConnectionFileError("the connection file %s does not exist" % path) from None
+    except (OSError, ValueError) as error:
+        raise ConnectionFileError("the connection file %s cannot be read as JSON: %s"
+                                  % (path, error)) from None
+    if not isinstance(info, dict):
+        raise ConnectionFileError("the connection file %s does not hold a JSON object" % path)
+    missing = [name for name in _REQUIRED if name not in info]
+    if missing:
+        raise ConnectionFileError("the connection file %s lacks %s" % (path, ", ".join(missing)))
+    return info
+
+
+MessageHandler = Callable[[str, List[bytes]], None]
+
+
+class Frontend:
+    """Binds shell/control/stdin (ROUTER), iopub (XPUB) and hb (ROUTER echo) on Jupyter's ports."""
+
+    def __init__(self, info: Dict[str, object], on_message: MessageHandler,
+                 context: zmq.Context) -> None:
+        self.info = info
+        self.on_message = on_message
+        self.answer_heartbeat = True
+        self.session = Session(key=str(info["key"]).encode(),
+                               signature_scheme=str(info.get("signature_scheme", "hmac-sha256")))
+        self.streams: Dict[str, ZMQStream] = {}
+        for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
+                              ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB), ("hb", zmq.ROUTER)):
+            sock = context.socket(kind)
+            sock.linger = 1000
+            if kind == zmq.XPUB:
+                sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, to welcome each
+                sock.sndhwm = 0  # a slow frontend gets its output late, never lossy
+            sock.bind(self._url(channel))
+            stream = ZMQStream(sock)
+            stream.on_recv(self._handler(channel), copy=True)
+            self.streams[channel] = stream
+
+    def _url(self, channel: str) -> str:
+        port = self.info["%s_port" % channel]
+        if self.info["transport"] == "ipc":
+            return "ipc://%s-%s" % (self.info["ip"], port)
+        return "tcp://%s:%s" % (self.info["ip"], port)
+
+    def _handler(self, channel: str) -> Callable[[List[bytes]], None]:
+        if channel == "iopub":
+            return self._on_subscription
+        if channel == "hb":
+            return self._on_heartbeat
+
+        def relay(frames: List[bytes]) -> None:
+            self.on_message(channel, frames)
+        return relay
+
+    def _on_heartbeat(self, frames: List[bytes]) -> None:
+        # Answered here, not by the remote kernel: a slow or briefly broken link must not look like
+        # a dead kernel. The proxy clears answer_heartbeat once the remote kernel has really died.
+        if self.answer_heartbeat:
+            self.streams["hb"].send_multipart(frames)
+
+    def _on_subscription(self, frames: List[bytes]) -> None:
+        for frame in frames:
+            if frame[:1] == b"\x01":
+                self._welcome(frame[1:])
+
+    def _welcome(self, topic: bytes) -> None:
+        """What ipykernel's XPUB does: ``jupyter_client`` waits for IOPub traffic when it connects."""
+        msg = self.session.msg("iopub_welcome", content={"subscription": topic.decode("utf-8", "replace")})
+        msg["parent_header"] = {}
+        frames = self.session.serialize(msg)
+        self.streams["iopub"].send_multipart(([topic] if topic else []) + frames)
+
+    def send(self, channel: str, frames: Sequence[bytes]) -> None:
+        """Deliver a kernel message: on routed channels ``frames[0]`` is the frontend's identity."""
+        stream = self.streams.get(channel)
+        if stream is not None and channel != "hb":
+            stream.socket.send_multipart(frames, copy=False)
+
+    def close(self) -> None:
+        for stream in self.streams.values():
+            stream.close(linger=1000)

@@ -1,0 +1,397 @@
+"""The proxykernel stream protocol, sans-IO: bytes in, events out.
+
+Both ends use this module: the local proxy imports it, and it travels to the remote host inside the
+agent. It performs no I/O and reads no clock: callers feed received bytes to
+``Connection.receive_data`` and write ``Connection.data_to_send()`` to their transport.
+
+Stream layout, in each direction::
+
+    [noise] MAGIC HELLO-frame frame frame ...
+    frame = length:u32be  type:u8  payload[length-1]
+
+Noise before MAGIC (a login banner, a chatty ``.bashrc``) is skipped and reported as a ``Noise``
+event. After the hello, anything that does not parse is a ``RemoteProtocolError``: the link is reset,
+never trusted, and a frame longer than ``MAX_FRAME`` is rejected before a byte of it is buffered.
+
+Runs on Python >= 3.8 (the remote side): no newer syntax, stdlib only.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "PROTOCOL_VERSION", "MAGIC", "MAX_FRAME", "MAX_NOISE", "CHANNELS",
+    "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "VersionMismatch",
+    "Hello", "ChannelData", "Ack", "Ping", "Pong", "Start", "Ready", "Interrupt", "Shutdown",
+    "KernelExited", "ErrorReport", "Noise", "Event", "Connection",
+]
+
+PROTOCOL_VERSION = 1
+MAGIC = b"\x89PXK\r\n\x1a\n"  # PNG-style: a high byte, CR LF and ^Z catch text-mode mangling
+# Far above one Jupyter message a frontend accepts (tornado's websocket default is 10 MiB), small
+# enough that a garbage length is caught before we allocate it.
+MAX_FRAME = 256 * 1024 * 1024
+# Noise kept while looking for MAGIC: a banner is a few kB; beyond this the peer is not an agent.
+MAX_NOISE = 64 * 1024
+CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+# Acks are cumulative and batched: often enough that the sender's replay buffer stays small.
+ACK_EVERY_FRAMES = 128
+ACK_EVERY_BYTES = 4 * 1024 * 1024
+
+_HEADER = struct.Struct(">IB")
+_DATA_HEAD = struct.Struct(">BQI")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_F64 = struct.Struct(">d")
+_I32 = struct.Struct(">i")
+
+(_HELLO, _DATA, _ACK, _PING, _PONG, _START, _READY, _INTERRUPT, _SHUTDOWN, _EXITED,
+ _ERROR) = range(1, 12)
+
+
+class ProtocolError(Exception):
+    """Base of this module's errors; ``str(error)`` is a sentence a user can act on."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to do something the protocol forbids (a bug in the caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not valid protocol: the link must be reset."""
+
+
+class VersionMismatch(RemoteProtocolError):
+    """The peer speaks another protocol version."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    version: int
+    role: str
+    session: str
+    capabilities: Tuple[str, ...] = ()
+    received: int = 0  # last data seq this side has received (for resume)
+
+
+@dataclass(frozen=True)
+class ChannelData:
+    channel: str
+    seq: int
+    frames: Tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Ping:
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Pong:
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Start:
+    """Proxy -> agent: launch the kernel. Carries the session key, so it only ever crosses the stream."""
+    config: Dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Agent -> proxy: the kernel process runs; ``info`` says where and what."""
+    info: Dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True)
+class KernelExited:
+    code: int
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    sentence: str
+
+
+@dataclass(frozen=True)
+class Noise:
+    data: bytes
+
+
+Event = Union[Hello, ChannelData, Ack, Ping, Pong, Start, Ready, Interrupt, Shutdown, KernelExited,
+              ErrorReport, Noise]
+
+
+def _json_payload(obj: Dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _parse_json(payload: bytes, what: str) -> Dict[str, Any]:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RemoteProtocolError("the peer sent a %s frame that is not valid JSON" % what) from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("the peer sent a %s frame that is not a JSON object" % what)
+    return obj
+
+
+def _parse_hello(payload: bytes) -> Hello:
+    obj = _parse_json(payload, "hello")
+    version = obj.get("version")
+    if not isinstance(version, int):
+        raise RemoteProtocolError("the peer's hello carries no protocol version")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            "the remote agent speaks proxykernel protocol version %s but this side speaks version %d; "
+            "install the same proxykernel version on both sides (or clear the remote agent cache)"
+            % (version, PROTOCOL_VERSION))
+    caps = obj.get("capabilities", [])
+    received = obj.get("received", 0)
+    if not (isinstance(caps, list) and all(isinstance(c, str) for c in caps)
+            and isinstance(received, int) and received >= 0):
+        raise RemoteProtocolError("the peer sent a malformed hello")
+    return Hello(version, str(obj.get("role", "")), str(obj.get("session", "")), tuple(caps), received)
+
+
+def _parse_data(payload: bytes) -> ChannelData:
+    if len(payload) < _DATA_HEAD.size:
+        raise RemoteProtocolError("the peer sent a truncated data frame")
+    channel_id, seq, count = _DATA_HEAD.unpack_from(payload)
+    if channel_id >= len(CHANNELS):
+        raise RemoteProtocolError("the peer sent data for unknown channel %d" % channel_id)
+    view = memoryview(payload)
+    pos = _DATA_HEAD.size
+    # Each part costs at least 4 bytes of length, so a count that cannot fit is garbage.
+    if count * _U32.size > len(payload) - pos:
+        raise RemoteProtocolError("the peer sent a data frame with an impossible part count")
+    frames = []
+    for _ in range(count):
+        if pos + _U32.size > len(payload):
+            raise RemoteProtocolError("the peer sent a data frame whose parts overrun it")
+        (size,) = _U32.unpack_from(payload, pos)
+        pos += _U32.size
+        if pos + size > len(payload):
+            raise RemoteProtocolError("the peer sent a data frame whose parts overrun it")
+        frames.append(bytes(view[pos:pos + size]))
+        pos += size
+    if pos != len(payload):
+        raise RemoteProtocolError("the peer sent a data frame with trailing bytes")
+    return ChannelData(CHANNELS[channel_id], seq, tuple(frames))
+
+
+def _fixed(fmt: struct.Struct, payload: bytes, what: str) -> Any:
+    if len(payload) != fmt.size:
+        raise RemoteProtocolError("the peer sent a %s frame of the wrong size" % what)
+    return fmt.unpack(payload)[0]
+
+
+def _parse_error(payload: bytes) -> ErrorReport:
+    return ErrorReport(payload.decode("utf-8", "replace"))
+
+
+def _parse_empty(event: Event, what: str) -> Any:
+    def parse(payload: bytes) -> Event:
+        if payload:
+            raise RemoteProtocolError("the peer sent a %s frame with a payload" % what)
+        return event
+    return parse
+
+
+# One table from frame type to parser: the whole receive side's dispatch.
+_PARSERS = {
+    _DATA: _parse_data,
+    _ACK: lambda p: Ack(_fixed(_U64, p, "ack")),
+    _PING: lambda p: Ping(_fixed(_F64, p, "ping")),
+    _PONG: lambda p: Pong(_fixed(_F64, p, "pong")),
+    _START: lambda p: Start(_parse_json(p, "start")),
+    _READY: lambda p: Ready(_parse_json(p, "ready")),
+    _INTERRUPT: _parse_empty(Interrupt(), "interrupt"),
+    _SHUTDOWN: _parse_empty(Shutdown(), "shutdown"),
+    _EXITED: lambda p: KernelExited(_fixed(_I32, p, "kernel-exited")),
+    _ERROR: _parse_error,
+}
+
+
+class Connection:
+    """One end of the stream: encodes what this side sends, decodes what the peer sends.
+
+    Called by the proxy's and the agent's event loops: ``receive_data`` for every chunk read from the
+    stream, then ``data_to_send`` to flush. Sent data frames stay in ``unacked`` until the peer's
+    cumulative ack covers them, so a later resume can resend exactly what the peer lacks.
+    """
+
+    def __init__(self, role: str, session: str = "") -> None:
+        self.role = role
+        self.session = session
+        self.peer_hello: Optional[Hello] = None
+        self.sent_seq = 0  # seq of the last data frame sent
+        self.received_seq = 0  # seq of the last data frame received
+        self.acked_received = 0  # last received seq we have acked to the peer
+        self._bytes_since_ack = 0
+        self.unacked: Deque[Tuple[int, bytes]] = deque()
+        self.unacked_bytes = 0
+        self._out: List[bytes] = []
+        self._in = bytearray()
+        self._noise = 0
+
+    # -- sending ---------------------------------------------------------------------------
+    def _frame(self, kind: int, payload: bytes = b"") -> bytes:
+        if len(payload) + 1 > MAX_FRAME:
+            raise LocalProtocolError("a message of %d bytes exceeds the %d-byte frame limit"
+                                     % (len(payload), MAX_FRAME))
+        return _HEADER.pack(len(payload) + 1, kind) + payload
+
+    def send_hello(self, capabilities: Sequence[str] = ()) -> None:
+        hello = {"version": PROTOCOL_VERSION, "role": self.role, "session": self.session,
+                 "capabilities": list(capabilities), "received": self.received_seq}
+        self._out.append(MAGIC + self._frame(_HELLO, _json_payload(hello)))
+
+    def send_data(self, channel: str, frames: Sequence[bytes]) -> int:
+        """Queue one whole ZMQ message for ``channel``; returns its sequence number."""
+        try:
+            channel_id = CHANNELS.index(channel)
+        except ValueError:
+            raise LocalProtocolError("unknown channel %r" % (channel,)) from None
+        self.sent_seq += 1
+        parts = [_DATA_HEAD.pack(channel_id, self.sent_seq, len(frames))]
+        for part in frames:
+            parts.append(_U32.pack(len(part)))
+            parts.append(part)
+        frame = self._frame(_DATA, b"".join(parts))
+        self.unacked.append((self.sent_seq, frame))
+        self.unacked_bytes += len(frame)
+        self._out.append(frame)
+        return self.sent_seq
+
+    @property
+    def ack_due(self) -> bool:
+        """True once enough data arrived that the peer should be allowed to free its copy."""
+        return (self.received_seq - self.acked_received >= ACK_EVERY_FRAMES
+                or self._bytes_since_ack >= ACK_EVERY_BYTES)
+
+    def send_ack(self) -> None:
+        self.acked_received = self.received_seq
+        self._bytes_since_ack = 0
+        self._out.append(self._frame(_ACK, _U64.pack(self.received_seq)))
+
+    def send_ping(self, now: float) -> None:
+        self._out.append(self._frame(_PING, _F64.pack(now)))
+
+    def send_pong(self, timestamp: float) -> None:
+        self._out.append(self._frame(_PONG, _F64.pack(timestamp)))
+
+    def send_start(self, config: Dict[str, Any]) -> None:
+        self._out.append(self._frame(_START, _json_payload(config)))
+
+    def send_ready(self, info: Dict[str, Any]) -> None:
+        self._out.append(self._frame(_READY, _json_payload(info)))
+
+    def send_interrupt(self) -> None:
+        self._out.append(self._frame(_INTERRUPT))
+
+    def send_shutdown(self) -> None:
+        self._out.append(self._frame(_SHUTDOWN))
+
+    def send_kernel_exited(self, code: int) -> None:
+        self._out.append(self._frame(_EXITED, _I32.pack(code)))
+
+    def send_error(self, sentence: str) -> None:
+        self._out.append(self._frame(_ERROR, sentence.encode("utf-8")))
+
+    def data_to_send(self) -> bytes:
+        """Everything queued since the last call, ready for the transport."""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def resend_unacked(self, peer_received: int) -> None:
+        """After a resume: drop what the peer has, queue again exactly what it lacks."""
+        self._drop_acked(peer_received)
+        self._out.extend(frame for _, frame in self.unacked)
+
+    def _drop_acked(self, seq: int) -> None:
+        while self.unacked and self.unacked[0][0] <= seq:
+            _, frame = self.unacked.popleft()
+            self.unacked_bytes -= len(frame)
+
+    # -- receiving -------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> List[Event]:
+        """Feed bytes read from the stream; returns the complete events they finish."""
+        self._in += data
+        events: List[Event] = []
+        if self.peer_hello is None and not self._find_magic(events):
+            return events
+        while len(self._in) >= _HEADER.size:
+            length, kind = _HEADER.unpack_from(self._in)
+            if length == 0 or length > MAX_FRAME:
+                raise RemoteProtocolError(
+                    "the peer announced a frame of %d bytes, outside the 1..%d-byte limit: "
+                    "the stream is corrupt" % (length, MAX_FRAME))
+            if len(self._in) < 4 + length:
+                break
+            payload = bytes(self._in[_HEADER.size:4 + length])
+            del self._in[:4 + length]
+            events.append(self._parse(kind, payload))
+        return events
+
+    def _find_magic(self, events: List[Event]) -> bool:
+        at = self._in.find(MAGIC)
+        if at < 0:
+            # Keep a tail that may be the start of MAGIC; report the rest as noise.
+            keep = len(MAGIC) - 1
+            if len(self._in) > keep:
+                self._report_noise(events, len(self._in) - keep)
+            return False
+        if at:
+            self._report_noise(events, at)
+        del self._in[:len(MAGIC)]
+        return True
+
+    def _report_noise(self, events: List[Event], count: int) -> None:
+        self._noise += count
+        if self._noise > MAX_NOISE:
+            raise RemoteProtocolError(
+                "the peer sent more than %d bytes before the protocol hello: it is not a proxykernel "
+                "agent, or something on the remote prints to its output" % MAX_NOISE)
+        events.append(Noise(bytes(self._in[:count])))
+        del self._in[:count]
+
+    def _parse(self, kind: int, payload: bytes) -> Event:
+        if self.peer_hello is None:
+            if kind != _HELLO:
+                raise RemoteProtocolError("the peer sent frame type %d before its hello" % kind)
+            self.peer_hello = _parse_hello(payload)
+            return self.peer_hello
+        parser = _PARSERS.get(kind)
+        if parser is None:
+            raise RemoteProtocolError("the peer sent unknown frame type %d" % kind)
+        event = parser(payload)
+        if isinstance(event, ChannelData):
+            if event.seq != self.received_seq + 1:
+                raise RemoteProtocolError("the peer sent data frame %d after %d: frames were lost"
+                                          % (event.seq, self.received_seq))
+            self.received_seq = event.seq
+            self._bytes_since_ack += len(payload)
+        elif isinstance(event, Ack):
+            self._drop_acked(event.seq)
+        return event
