@@ -148,23 +148,23 @@ def _json_payload(obj: Dict[str, Any]) -> bytes:
 def _parse_json(payload: bytes, what: str) -> Dict[str, Any]:
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is garbage too
         raise RemoteProtocolError("the peer sent a %s frame that is not valid JSON" % what) from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("the peer sent a %s frame that is not a JSON object" % what)
     return obj
 
 
-def _parse_hello(payload: bytes) -> Hello:
+def _parse_hello(payload: bytes, peer: str) -> Hello:
     obj = _parse_json(payload, "hello")
     version = obj.get("version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise RemoteProtocolError("the peer's hello carries no protocol version")
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(
-            "the remote agent speaks proxykernel protocol version %s but this side speaks version %d; "
+            "the %s speaks proxykernel protocol version %s but this side speaks version %d; "
             "install the same proxykernel version on both sides (or clear the remote agent cache)"
-            % (version, PROTOCOL_VERSION))
+            % (peer, version, PROTOCOL_VERSION))
     caps = obj.get("capabilities", [])
     received = obj.get("received", 0)
     if not (isinstance(caps, list) and all(isinstance(c, str) for c in caps)
@@ -253,6 +253,7 @@ class Connection:
         self._out: List[bytes] = []
         self._in = bytearray()
         self._noise = 0
+        self._magic_seen = False
 
     # -- sending ---------------------------------------------------------------------------
     def _frame(self, kind: int, payload: bytes = b"") -> bytes:
@@ -272,12 +273,13 @@ class Connection:
             channel_id = CHANNELS.index(channel)
         except ValueError:
             raise LocalProtocolError("unknown channel %r" % (channel,)) from None
-        self.sent_seq += 1
-        parts = [_DATA_HEAD.pack(channel_id, self.sent_seq, len(frames))]
+        seq = self.sent_seq + 1
+        parts = [_DATA_HEAD.pack(channel_id, seq, len(frames))]
         for part in frames:
             parts.append(_U32.pack(len(part)))
             parts.append(part)
-        frame = self._frame(_DATA, b"".join(parts))
+        frame = self._frame(_DATA, b"".join(parts))  # may refuse: then no seq is used up
+        self.sent_seq = seq
         self.unacked.append((self.sent_seq, frame))
         self.unacked_bytes += len(frame)
         self._out.append(frame)
@@ -313,7 +315,7 @@ class Connection:
         self._out.append(self._frame(_SHUTDOWN))
 
     def send_kernel_exited(self, code: int) -> None:
-        self._out.append(self._frame(_EXITED, _I32.pack(code)))
+        self._out.append(self._frame(_EXITED, _I32.pack(max(-2**31, min(code, 2**31 - 1)))))
 
     def send_error(self, sentence: str) -> None:
         self._out.append(self._frame(_ERROR, sentence.encode("utf-8")))
@@ -339,7 +341,7 @@ class Connection:
         """Feed bytes read from the stream; returns the complete events they finish."""
         self._in += data
         events: List[Event] = []
-        if self.peer_hello is None and not self._find_magic(events):
+        if not self._magic_seen and not self._find_magic(events):
             return events
         while len(self._in) >= _HEADER.size:
             length, kind = _HEADER.unpack_from(self._in)
@@ -365,6 +367,7 @@ class Connection:
         if at:
             self._report_noise(events, at)
         del self._in[:len(MAGIC)]
+        self._magic_seen = True
         return True
 
     def _report_noise(self, events: List[Event], count: int) -> None:
@@ -380,8 +383,10 @@ class Connection:
         if self.peer_hello is None:
             if kind != _HELLO:
                 raise RemoteProtocolError("the peer sent frame type %d before its hello" % kind)
-            self.peer_hello = _parse_hello(payload)
+            self.peer_hello = _parse_hello(payload, "remote agent" if self.role == "proxy" else "proxy")
             return self.peer_hello
+        if kind == _HELLO:
+            raise RemoteProtocolError("the peer sent a second hello on the same stream")
         parser = _PARSERS.get(kind)
         if parser is None:
             raise RemoteProtocolError("the peer sent unknown frame type %d" % kind)
@@ -393,5 +398,8 @@ class Connection:
             self.received_seq = event.seq
             self._bytes_since_ack += len(payload)
         elif isinstance(event, Ack):
+            if event.seq > self.sent_seq:
+                raise RemoteProtocolError("the peer acknowledged frame %d, but only %d were sent"
+                                          % (event.seq, self.sent_seq))
             self._drop_acked(event.seq)
         return event
