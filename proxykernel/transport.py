@@ -86,7 +86,9 @@ class _SSHProtocol(asyncio.SubprocessProtocol):
         for line in lines:
             self.owner.on_stderr(line.decode("utf-8", "replace").rstrip("\r"))
 
-    def process_exited(self) -> None:
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        # Called once the process has exited AND its pipes are drained (process_exited can come
+        # before the last stderr lines, which we need to explain a failure).
         if self._stderr_tail:
             self.owner.on_stderr(self._stderr_tail.decode("utf-8", "replace"))
             self._stderr_tail = b""

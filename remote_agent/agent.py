@@ -177,7 +177,8 @@ class Agent:
         env.update(config.get("env", {}))
         try:
             self.kernel = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=2, stderr=2, env=env,
+                # stdout only carries ipykernel's console banner (cell output goes over IOPub).
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=2, env=env,
                 cwd=config.get("cwd") or None, start_new_session=True)
         except OSError as error:
             self.fail("could not start the kernel on %s: %s" % (socket.gethostname(), error))

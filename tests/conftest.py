@@ -1,0 +1,71 @@
+"""Shared fixtures: a real sshd (``sshd``) and a check that tests leave no processes behind."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+for _p in (TESTS, ROOT):  # `import proxykernel`, `import remote_agent`, `from sshd import ...`
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from sshd import SSHServer, descendants, pid_namespace, process_table  # noqa: E402
+
+LEFTOVER_GRACE = 3.0  # seconds a test's processes get to exit after the test
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    """A running SSHServer shared by the whole session (see tests/sshd.py)."""
+    with SSHServer() as server:
+        yield server
+
+
+def _our_processes():
+    """Live descendants of this pytest process in our own PID namespace.
+
+    Processes inside an SSHServer's PID namespace (the "remote" side) are left out:
+    SSHServer.stop() removes them all, and tests about remote cleanup check them
+    explicitly (SSHServer.session_pids()).
+    """
+    own_ns = pid_namespace(os.getpid())
+    table = process_table()
+    return {
+        p: table[p][0]
+        for p in descendants(os.getpid(), table)
+        if p in table and table[p][1] != "Z" and pid_namespace(p) == own_ns
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes(request):
+    """Fail a test that leaves processes it started still running (then kill them).
+
+    Opt out with @pytest.mark.allow_leftover_processes. Only catches descendants of
+    pytest; a process that double-forked away to init escapes this check.
+    """
+    before = set(_our_processes())
+    yield
+    if request.node.get_closest_marker("allow_leftover_processes"):
+        return
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    while True:
+        new = {p: c for p, c in _our_processes().items() if p not in before}
+        if not new or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if new:
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(
+            "test left processes running (killed now): %s"
+            % ", ".join("%d (%s)" % kv for kv in sorted(new.items())),
+            pytrace=False,
+        )

@@ -1,0 +1,92 @@
+"""Helpers for integration tests: start kernels through a kernelspec, as Jupyter does, and run cells."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+READY_TIMEOUT = 60
+
+Output = Tuple[str, Dict[str, Any]]
+
+
+def proxy_argv(sshd: Any, python: str = sys.executable, extra: Sequence[str] = ()) -> List[str]:
+    """The kernelspec argv a user would register, pointed at the test sshd's own ssh config."""
+    return [sys.executable, "-m", "proxykernel", "--host", sshd.alias, "--python", python,
+            "--ssh-config", str(sshd.config_path), *extra, "-f", "{connection_file}"]
+
+
+def kernel_manager(argv: Optional[List[str]], spec_dir: Path, interrupt_mode: str = "signal") -> KernelManager:
+    """A KernelManager for a kernelspec written to ``spec_dir``; ``argv=None`` means a local ipykernel."""
+    if argv is None:
+        return KernelManager(kernel_name="python3")
+    kernel_dir = spec_dir / "kernels" / "pxk"
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    (kernel_dir / "kernel.json").write_text(json.dumps({
+        "argv": argv, "display_name": "SSH test", "language": "python",
+        "interrupt_mode": interrupt_mode}))
+    ksm = KernelSpecManager(kernel_dirs=[str(spec_dir / "kernels")])
+    return KernelManager(kernel_name="pxk", kernel_spec_manager=ksm)
+
+
+@contextmanager
+def running_kernel(argv: Optional[List[str]], spec_dir: Path,
+                   interrupt_mode: str = "signal") -> Iterator[Tuple[KernelManager, BlockingKernelClient]]:
+    km = kernel_manager(argv, spec_dir, interrupt_mode)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=READY_TIMEOUT)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        km.cleanup_resources()
+
+
+def run_cell(kc: BlockingKernelClient, code: str, timeout: float = 60,
+             stdin_reply: Optional[str] = None) -> Tuple[Dict[str, Any], List[Output]]:
+    """Execute ``code``; returns the execute_reply content and the cell's IOPub outputs in order."""
+    outputs: List[Output] = []
+
+    def on_output(msg: Dict[str, Any]) -> None:
+        kind = msg["msg_type"]
+        if kind in ("stream", "execute_result", "display_data", "error"):
+            outputs.append((kind, msg["content"]))
+
+    def on_stdin(msg: Dict[str, Any]) -> None:
+        outputs.append(("input_request", msg["content"]))
+        kc.input(stdin_reply if stdin_reply is not None else "")
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=on_output,
+                                   stdin_hook=on_stdin, allow_stdin=stdin_reply is not None)
+    return reply["content"], outputs
+
+
+def descendants(pid: int) -> List[int]:
+    """All live descendants of ``pid``, read from /proc (no process names involved)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: List[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found

@@ -1,0 +1,199 @@
+"""A proxied kernel behaves like a local ipykernel: real sshd on loopback, real ipykernel, real clients."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+from jupyter_client import BlockingKernelClient, KernelManager
+
+from tests.kernels import Output, descendants, proxy_argv, run_cell, running_kernel
+
+Kernel = Tuple[KernelManager, BlockingKernelClient]
+
+
+@pytest.fixture(scope="module")
+def proxied(sshd: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    with running_kernel(proxy_argv(sshd), tmp_path_factory.mktemp("spec")) as kernel:
+        yield kernel
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    with running_kernel(None, tmp_path_factory.mktemp("spec")) as kernel:
+        yield kernel
+
+
+def _normal(outputs: List[Output]) -> List[Output]:
+    """Outputs with what legitimately differs between two kernels (tracebacks' temp paths) removed."""
+    return [(kind, {k: v for k, v in content.items() if k != "traceback"}) for kind, content in outputs]
+
+
+CELLS = [
+    "print('to stdout'); import sys; print('to stderr', file=sys.stderr)",
+    "6 * 7",
+    "from IPython.display import display, HTML; display(HTML('<b>hi</b>'), metadata={'m': 1})",
+    "1 / 0",
+    "x = 5\nx",
+]
+
+
+@pytest.mark.parametrize("code", CELLS)
+def test_execute_matches_a_local_kernel(proxied: Kernel, local: Kernel, code: str) -> None:
+    remote_reply, remote_out = run_cell(proxied[1], code)
+    local_reply, local_out = run_cell(local[1], code)
+    assert remote_reply["status"] == local_reply["status"]
+    assert remote_out, "the cell produced no output through the proxy"
+    assert _normal(remote_out) == _normal(local_out)
+
+
+def _shell(kc: BlockingKernelClient, method: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+    msg_id = getattr(kc, method)(*args, **kwargs)
+    reply = kc.get_shell_msg(timeout=20)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    content: Dict[str, Any] = reply["content"]
+    return content
+
+
+@pytest.mark.parametrize("method, args, kwargs", [
+    ("complete", ("import o",), {}),
+    ("inspect", ("len",), {}),
+    ("is_complete", ("for i in range(3):",), {}),
+    ("history", (), {"hist_access_type": "tail", "n": 2}),
+    ("kernel_info", (), {}),
+])
+def test_shell_requests_match_a_local_kernel(proxied: Kernel, local: Kernel, method: str,
+                                             args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+    remote, here = _shell(proxied[1], method, *args, **kwargs), _shell(local[1], method, *args, **kwargs)
+    assert remote["status"] == ("incomplete" if method == "is_complete" else "ok")
+    if method == "history":
+        # Each kernel's history is its own sessions'; the shape must match.
+        assert isinstance(remote["history"], list) and isinstance(here["history"], list)
+    else:
+        assert remote == here
+
+
+def test_stdin_input_round_trip(proxied: Kernel) -> None:
+    reply, outputs = run_cell(proxied[1], "answer = input('name? '); print('got', answer)",
+                              stdin_reply="Ada")
+    assert reply["status"] == "ok"
+    assert ("input_request", {"prompt": "name? ", "password": False}) in outputs
+    assert ("stream", {"name": "stdout", "text": "got Ada\n"}) in outputs
+
+
+def test_comm_round_trip(proxied: Kernel) -> None:
+    kc = proxied[1]
+    run_cell(kc, "def _target(comm, msg):\n"
+                 "    comm.on_msg(lambda m: comm.send({'echo': m['content']['data']}))\n"
+                 "get_ipython().kernel.comm_manager.register_target('echo', _target)")
+    comm_open = kc.session.msg("comm_open", {"comm_id": "c1", "target_name": "echo", "data": {}})
+    kc.shell_channel.send(comm_open)
+    comm_msg = kc.session.msg("comm_msg", {"comm_id": "c1", "data": {"n": 42}})
+    kc.shell_channel.send(comm_msg)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=20)
+        if msg["msg_type"] == "comm_msg":
+            assert msg["content"] == {"comm_id": "c1", "data": {"echo": {"n": 42}}}
+            return
+    pytest.fail("no comm_msg echo arrived")
+
+
+def test_two_clients_get_their_own_replies_and_both_iopub(proxied: Kernel) -> None:
+    km, first = proxied
+    second = BlockingKernelClient()  # its own session and identity, like `jupyter console --existing`
+    second.load_connection_file(km.connection_file)
+    second.start_channels()
+    try:
+        second.wait_for_ready(timeout=20)
+        first_id = first.execute("print('from first')")
+        second_id = second.execute("print('from second')")
+        assert first.get_shell_msg(timeout=20)["parent_header"]["msg_id"] == first_id
+        assert second.get_shell_msg(timeout=20)["parent_header"]["msg_id"] == second_id
+        for client in (first, second):
+            seen = set()
+            deadline = time.monotonic() + 20
+            while seen != {first_id, second_id} and time.monotonic() < deadline:
+                msg = client.get_iopub_msg(timeout=20)
+                if msg["msg_type"] == "stream":
+                    seen.add(msg["parent_header"]["msg_id"])
+            assert seen == {first_id, second_id}
+    finally:
+        second.stop_channels()
+
+
+def test_large_outputs_arrive_complete_and_in_order(proxied: Kernel) -> None:
+    kc = proxied[1]
+    code = ("import sys, hashlib\n"
+            "chunk = ''.join('%07d\\n' % i for i in range(131072))  # 1 MiB\n"
+            "for n in range(50):\n"
+            "    sys.stdout.write(str(n) + chunk)\n"
+            "sys.stdout.flush()\n"
+            "from IPython.display import display\n"
+            "blob = 'ab' * (10 * 1024 * 1024)\n"
+            "display({'text/plain': blob}, raw=True)\n"
+            "print(hashlib.sha256(''.join(str(n) + chunk for n in range(50)).encode()).hexdigest())")
+    reply, outputs = run_cell(kc, code, timeout=120)
+    assert reply["status"] == "ok"
+    text = "".join(c["text"] for kind, c in outputs if kind == "stream")
+    printed, expected_hash = text[:-65], text[-65:-1]
+    assert len(printed) >= 50 * 1024 * 1024
+    assert hashlib.sha256(printed.encode()).hexdigest() == expected_hash
+    blobs = [c["data"]["text/plain"] for kind, c in outputs if kind == "display_data"]
+    assert len(blobs) == 1
+    assert hashlib.sha256(blobs[0].encode()).digest() == hashlib.sha256(b"ab" * (10 * 1024 * 1024)).digest()
+
+
+@pytest.mark.parametrize("mode", ["signal", "message"])
+def test_interrupt_during_sleep(sshd: Any, tmp_path: Path, mode: str) -> None:
+    with running_kernel(proxy_argv(sshd), tmp_path, interrupt_mode=mode) as (km, kc):
+        msg_id = kc.execute("import time; time.sleep(60)")
+        time.sleep(1.0)  # let the cell start sleeping
+        started = time.monotonic()
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=10)
+        assert time.monotonic() - started < 2.0
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert run_cell(kc, "1 + 1")[1] == [("execute_result", {
+            "data": {"text/plain": "2"}, "metadata": {}, "execution_count": 2})]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_restart_gives_fresh_kernel_and_shutdown_leaves_nothing(sshd: Any, tmp_path: Path) -> None:
+    remote_before = set(descendants(sshd.pid))  # the listener, and other tests' kernels
+    with running_kernel(proxy_argv(sshd), tmp_path) as (km, kc):
+        run_cell(kc, "marker = 1")
+        first_proxy = km.provisioner.pid  # type: ignore[union-attr]
+        first_children = descendants(first_proxy)
+        assert first_children, "the proxy runs no ssh"
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        reply = run_cell(kc, "marker")[0]
+        assert reply["status"] == "error" and reply["ename"] == "NameError"
+        assert not any(_alive(pid) for pid in first_children + [first_proxy])
+        outputs = run_cell(kc, "import ipykernel, os; print(os.path.dirname(ipykernel.get_connection_file()))")[1]
+        remote_dir = outputs[0][1]["text"].strip()
+        assert os.path.isdir(remote_dir)
+        proxy = km.provisioner.pid  # type: ignore[union-attr]
+        local_side = [proxy] + descendants(proxy)
+        remote_side = set(descendants(sshd.pid)) - remote_before
+        assert remote_side, "no remote processes were seen under the test sshd"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in local_side + sorted(remote_side)):
+        time.sleep(0.05)
+    assert [p for p in local_side if _alive(p)] == []
+    assert [p for p in remote_side if _alive(p)] == []
+    assert set(descendants(sshd.pid)) - remote_before == set()
+    assert not os.path.exists(remote_dir)
