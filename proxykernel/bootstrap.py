@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 __all__ = ["AgentBundle", "agent_bundle", "remote_command", "BootReply", "BootReader", "BOOT_MARK"]
 
@@ -79,7 +79,8 @@ def agent_bundle(source: Optional[str] = None) -> AgentBundle:
     return AgentBundle(data, hashlib.sha256(data).hexdigest())
 
 
-def remote_command(python: str, bundle: AgentBundle, sudo: bool = False) -> str:
+def remote_command(python: str, bundle: AgentBundle, sudo: bool = False,
+                   agent_args: Sequence[str] = ()) -> str:
     """The command line ssh hands to the remote login shell.
 
     One line of POSIX sh, itself quoted, so it means the same under bash, zsh, csh or fish login
@@ -91,7 +92,8 @@ def remote_command(python: str, bundle: AgentBundle, sudo: bool = False) -> str:
         "case \"$p\" in */*) ;; *) p=$(command -v \"$p\") || p=;; esac; "
         "if [ -z \"$p\" ] || [ ! -x \"$p\" ]; then printf '\\nPXKBOOT ERR no-python\\n'; exit 127; fi; "
         "%s -c %s %s"
-    ) % (shlex.quote(python), run, shlex.quote(_BOOTSTRAP.strip()), bundle.sha256)
+    ) % (shlex.quote(python), run, shlex.quote(_BOOTSTRAP.strip()),
+         " ".join([bundle.sha256] + [shlex.quote(arg) for arg in agent_args]))
     return "sh -c " + shlex.quote(script)
 
 

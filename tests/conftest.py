@@ -13,7 +13,7 @@ for _p in (TESTS, ROOT):  # `import proxykernel`, `import remote_agent`, `from s
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from sshd import SSHServer, descendants, pid_namespace, process_table  # noqa: E402
+from proxykernel.sshd import SSHServer, descendants, pid_namespace, process_table  # noqa: E402
 
 LEFTOVER_GRACE = 3.0  # seconds a test's processes get to exit after the test
 

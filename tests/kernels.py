@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from jupyter_client import BlockingKernelClient, KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
+
+from proxykernel.sshd import descendants, read_stat
 
 READY_TIMEOUT = 60
 
@@ -70,23 +71,11 @@ def run_cell(kc: BlockingKernelClient, code: str, timeout: float = 60,
     return reply["content"], outputs
 
 
-def descendants(pid: int) -> List[int]:
-    """All live descendants of ``pid``, read from /proc (no process names involved)."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: List[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo.extend(children.get(child, []))
-    return found
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has finished), read from /proc by PID."""
+    stat = read_stat(pid)
+    return stat is not None and stat[1] != "Z"
+
+
+def live_descendants(pid: int) -> List[int]:
+    return [p for p in descendants(pid) if alive(p)]

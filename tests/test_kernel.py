@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 
-from tests.kernels import Output, descendants, proxy_argv, run_cell, running_kernel
+from tests.kernels import Output, alive, live_descendants, proxy_argv, run_cell, running_kernel
 
 Kernel = Tuple[KernelManager, BlockingKernelClient]
 
@@ -163,37 +163,29 @@ def test_interrupt_during_sleep(sshd: Any, tmp_path: Path, mode: str) -> None:
             "data": {"text/plain": "2"}, "metadata": {}, "execution_count": 2})]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path("/proc/%d/stat" % pid).read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 def test_restart_gives_fresh_kernel_and_shutdown_leaves_nothing(sshd: Any, tmp_path: Path) -> None:
-    remote_before = set(descendants(sshd.pid))  # the listener, and other tests' kernels
+    remote_before = set(live_descendants(sshd.pid))  # the listener, and other tests' kernels
     with running_kernel(proxy_argv(sshd), tmp_path) as (km, kc):
         run_cell(kc, "marker = 1")
         first_proxy = km.provisioner.pid  # type: ignore[union-attr]
-        first_children = descendants(first_proxy)
+        first_children = live_descendants(first_proxy)
         assert first_children, "the proxy runs no ssh"
         km.restart_kernel(now=False)
         kc.wait_for_ready(timeout=60)
         reply = run_cell(kc, "marker")[0]
         assert reply["status"] == "error" and reply["ename"] == "NameError"
-        assert not any(_alive(pid) for pid in first_children + [first_proxy])
+        assert not any(alive(pid) for pid in first_children + [first_proxy])
         outputs = run_cell(kc, "import ipykernel, os; print(os.path.dirname(ipykernel.get_connection_file()))")[1]
         remote_dir = outputs[0][1]["text"].strip()
         assert os.path.isdir(remote_dir)
         proxy = km.provisioner.pid  # type: ignore[union-attr]
-        local_side = [proxy] + descendants(proxy)
-        remote_side = set(descendants(sshd.pid)) - remote_before
+        local_side = [proxy] + live_descendants(proxy)
+        remote_side = set(live_descendants(sshd.pid)) - remote_before
         assert remote_side, "no remote processes were seen under the test sshd"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in local_side + sorted(remote_side)):
+    while time.monotonic() < deadline and any(alive(p) for p in local_side + sorted(remote_side)):
         time.sleep(0.05)
-    assert [p for p in local_side if _alive(p)] == []
-    assert [p for p in remote_side if _alive(p)] == []
-    assert set(descendants(sshd.pid)) - remote_before == set()
+    assert [p for p in local_side if alive(p)] == []
+    assert [p for p in remote_side if alive(p)] == []
+    assert set(live_descendants(sshd.pid)) - remote_before == set()
     assert not os.path.exists(remote_dir)

@@ -5,7 +5,7 @@ import stat
 import subprocess
 import time
 
-from sshd import SSHServer, pids_in_namespace, pids_in_pgroup, port_open, read_stat
+from proxykernel.sshd import SSHServer, pids_in_namespace, pids_in_pgroup, port_open, read_stat
 
 SSH_TIMEOUT = 30
 
