@@ -15,11 +15,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["AgentBundle", "agent_bundle", "remote_command", "BootReply", "BootReader", "BOOT_MARK"]
+__all__ = ["AgentBundle", "agent_bundle", "remote_command", "remote_python_command", "BootReply", "BootReader",
+           "BOOT_MARK", "CACHE_ONLY"]
 
 BOOT_MARK = b"\nPXKBOOT "
 # Noise allowed before the bootstrap's line (banners, .bashrc output) before we call it broken.
 MAX_BOOT_NOISE = 64 * 1024
+# The bootstrap's argument for ``proxykernel deploy``: cache the agent, then exit without running it.
+CACHE_ONLY = "--cache-only"
 
 # Runs on whatever Python the user named, so it must fail politely on old ones: no f-strings.
 _BOOTSTRAP = r'''
@@ -48,6 +51,7 @@ else:
  except OSError:t=f=tempfile.mkstemp(suffix=".zip")[1]
  with open(t,"wb")as x:x.write(z)
  os.replace(t,f)
+if sys.argv[2:]==["--cache-only"]:sys.exit(0)
 sys.path.insert(0,f)
 import remote_agent.agent as a
 a.main(sys.argv[2:])
@@ -80,21 +84,43 @@ def agent_bundle(source: Optional[str] = None) -> AgentBundle:
 
 
 def remote_command(python: str, bundle: AgentBundle, sudo: bool = False,
-                   agent_args: Sequence[str] = ()) -> str:
-    """The command line ssh hands to the remote login shell.
+                   agent_args: Sequence[str] = (), pre_command: Optional[str] = None,
+                   workdir: Optional[str] = None) -> str:
+    """The command line ssh hands to the remote login shell to boot the agent (the proxy's start)."""
+    return remote_python_command(python, _BOOTSTRAP.strip(), [bundle.sha256, *agent_args], sudo,
+                                 pre_command, workdir)
+
+
+def remote_python_command(python: str, code: str, args: Sequence[str] = (), sudo: bool = False,
+                          pre_command: Optional[str] = None, workdir: Optional[str] = None) -> str:
+    """A remote login-shell command that runs ``code`` on the user's remote Python.
 
     One line of POSIX sh, itself quoted, so it means the same under bash, zsh, csh or fish login
-    shells. ``python`` may be an interpreter, a name on PATH, or an environment prefix.
+    shells. ``python`` may be an interpreter, a name on PATH, or an environment prefix. The
+    remote environment options apply in order: ``cd`` to ``workdir`` (a leading ``~/`` is the
+    remote home), run ``pre_command`` in this shell (its output goes to stderr, the log), then
+    resolve ``python``, so a pre-command may put it on PATH. Every value is a quoted word: it
+    reaches the remote shell verbatim and runs nothing except the pre-command itself.
+    Used by the proxy's start and by ``proxykernel check``/``deploy`` (proxykernel/probe.py).
     """
+    steps = []
+    if workdir:
+        home, rest = ('"$HOME"/', workdir[2:]) if workdir.startswith("~/") else ("", workdir)
+        steps.append("cd -- %s%s || { printf '\\nPXKBOOT ERR the --workdir is not a directory there\\n'; exit 2; }"
+                     % (home, shlex.quote(rest)))
+    if pre_command:
+        # eval in this shell (a { } group is no subshell), so exports and activations reach Python.
+        steps.append("pxk_pre=%s; { eval \"$pxk_pre\"; } >&2 || { pxk_rc=$?; "
+                     "printf '\\nPXKBOOT ERR the --pre-command exited with status %%s\\n' \"$pxk_rc\"; "
+                     "exit 2; }" % shlex.quote(pre_command))
     run = ('exec sudo -n -- "$p"' if sudo else 'exec "$p"')
-    script = (
+    steps.append(
         "p=%s; if [ -d \"$p\" ]; then p=\"$p/bin/python\"; fi; "
         "case \"$p\" in */*) ;; *) p=$(command -v \"$p\") || p=;; esac; "
         "if [ -z \"$p\" ] || [ ! -x \"$p\" ]; then printf '\\nPXKBOOT ERR no-python\\n'; exit 127; fi; "
-        "%s -c %s %s"
-    ) % (shlex.quote(python), run, shlex.quote(_BOOTSTRAP.strip()),
-         " ".join([bundle.sha256] + [shlex.quote(arg) for arg in agent_args]))
-    return "sh -c " + shlex.quote(script)
+        "%s -c %s %s" % (shlex.quote(python), run, shlex.quote(code),
+                         " ".join(shlex.quote(arg) for arg in args)))
+    return "sh -c " + shlex.quote("; ".join(steps))
 
 
 @dataclass(frozen=True)

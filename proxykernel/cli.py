@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env", "-e", nargs="*", default=[], metavar="VAR=value",
                         help="environment variables for the remote kernel, e.g. --env 'A=1 B=2'")
     parser.add_argument("-s", "--sudo", action="store_true", help="run the remote kernel with sudo -n")
+    parser.add_argument("--workdir", "-w", metavar="DIR",
+                        help="remote directory the kernel starts in (a leading ~/ is the remote home)")
+    parser.add_argument("--pre-command", metavar="SHELL",
+                        help="remote sh code run before the kernel, e.g. 'module load cuda; conda activate x'")
     parser.add_argument("--ssh-option", "-o", action="append", default=[], metavar="NAME=VALUE",
                         help="an option for ssh, as ssh -o takes it (repeatable)")
     parser.add_argument("--ssh-config", "-F", metavar="FILE", help="an ssh config file to use instead of ~/.ssh/config")
@@ -72,7 +76,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                      connect_timeout=args.timeout, ssh=args.ssh_command)
     config = ProxyConfig(host=args.host, python=args.python, connection_file=args.connection_file,
                          timeout=args.timeout, env=env, sudo=args.sudo, ssh=ssh,
-                         transport=args.transport, agent_source=args.agent_source)
+                         transport=args.transport, agent_source=args.agent_source,
+                         workdir=args.workdir, pre_command=args.pre_command)
 
     async def run() -> int:
         return await Proxy(config).run()

@@ -104,6 +104,15 @@ class Frontend:
         frames = self.session.serialize(msg)
         self.streams["iopub"].send_multipart(([topic] if topic else []) + frames)
 
+    def publish_stream(self, text: str, before: Sequence[bytes]) -> None:
+        """Show ``text`` on stderr in the cell that the IOPub message ``before`` belongs to."""
+        try:
+            parent = json.loads(bytes(before[list(before).index(b"<IDS|MSG>") + 3]))
+        except (ValueError, IndexError):
+            parent = {}
+        msg = self.session.msg("stream", content={"name": "stderr", "text": text}, parent=parent)
+        self.streams["iopub"].socket.send_multipart([b"stream"] + self.session.serialize(msg))
+
     def send(self, channel: str, frames: Sequence[bytes]) -> None:
         """Deliver a kernel message: on routed channels ``frames[0]`` is the frontend's identity."""
         stream = self.streams.get(channel)

@@ -7,12 +7,15 @@ interrupt and SIGTERM into a shutdown, and exit with the remote kernel's exit co
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
+import os
 import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import zmq
 
@@ -25,6 +28,8 @@ __all__ = ["ProxyConfig", "Proxy", "StartupError"]
 
 log = logging.getLogger("proxykernel")
 
+BACKOFF = (0.0, 0.5, 1.0, 2.0, 4.0, 5.0)  # seconds before each reconnect attempt; then the last
+TICK = 0.25  # how often the heartbeat and the reconnect deadline are checked
 SSH_EXIT_GRACE = 5.0  # after EOF, how long the agent may take to stop its kernel and clean up
 SHUTDOWN_GRACE = 8.0  # the agent's SIGTERM-then-SIGKILL takes up to 3 s; then we stop waiting
 
@@ -44,6 +49,26 @@ class ProxyConfig:
     ssh: SSHOptions = field(default_factory=lambda: SSHOptions(host=""))
     transport: str = "ipc"  # how the remote kernel's own sockets are bound: ipc, or tcp on 127.0.0.1
     agent_source: Optional[str] = None  # a remote_agent directory to ship instead of ours (tests)
+    workdir: Optional[str] = None  # the remote directory the kernel starts in
+    pre_command: Optional[str] = None  # remote shell code run before the agent (module load, ...)
+    heartbeat_interval: float = 1.0  # seconds between pings on the stream
+    heartbeat_timeout: float = 5.0  # a link silent this long is dead (so noticed within ~6 s)
+    reconnect_timeout: float = 600.0  # give up reconnecting after this long
+    linger: float = 3600.0  # the remote agent keeps a kernel this long with no proxy attached
+    buffer_size: int = 256 * 1024 * 1024  # replay buffer cap, each side, in bytes
+
+
+def kernel_id(key: str, connection_file: str) -> str:
+    """Names the remote agent of this kernel: stable across Jupyter's restarts (same file and
+    key), different for every other kernel, and revealing nothing about the key."""
+    digest = hashlib.sha256(b"proxykernel\0%s\0%s" % (key.encode(), os.path.abspath(connection_file).encode()))
+    return digest.hexdigest()[:24]
+
+
+def _drop_notice(frames: int, nbytes: int, cap: int) -> str:
+    return ("[proxykernel] %d output messages (%.1f MB) produced while the connection was down were "
+            "dropped: they overflowed the %d MB replay buffer (--buffer-size)\n"
+            % (frames, nbytes / 1e6, cap // (1024 * 1024)))
 
 
 def _boot_error(reply: BootReply, config: ProxyConfig) -> str:
@@ -66,21 +91,34 @@ def _boot_error(reply: BootReply, config: ProxyConfig) -> str:
 
 
 class Proxy:
-    """One proxied kernel. ``run()`` returns the exit code for the process."""
+    """One proxied kernel. ``run()`` returns the exit code for the process.
+
+    States: booting the first link (until the agent reports the kernel ready), linked, and
+    reconnecting (a new ssh every backoff step, while Jupyter's heartbeat is answered here and
+    what frontends send waits in the replay buffer); it ends when the kernel exits or on failure.
+    """
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.context = zmq.Context()
-        self.conn = wire.Connection("proxy", session=uuid.uuid4().hex)
-        self.boot: Optional[BootReader] = BootReader()
+        self.conn = wire.Connection("proxy", session=uuid.uuid4().hex, max_buffer=config.buffer_size)
         self.bundle: AgentBundle = agent_bundle(config.agent_source)
         self.frontend: Optional[Frontend] = None
+        self.argv: List[str] = []
         self.ssh: Optional[SSHTransport] = None
+        self.boot: Optional[BootReader] = None
         self.ssh_lines: List[str] = []
+        self.heartbeat: Optional[wire.Heartbeat] = None
         self.ready = False
         self.started_at = time.monotonic()
+        self.lost_at: Optional[float] = None  # when the current outage began
+        self.attempts = 0
+        self.drop_notice: Optional[str] = None
         self.done: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
         self._flush_scheduled = False
+        self.ticker_handle: Optional[asyncio.TimerHandle] = None
+        self.link_started = self.started_at
+        self.start_config: Dict[str, Any] = {}
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -90,35 +128,120 @@ class Proxy:
         except (ConnectionFileError, zmq.ZMQError) as error:
             log.error("%s", error)
             return 1
-        self.conn.send_hello()
-        self.conn.send_start({"key": str(info["key"]), "env": self.config.env,
-                              "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
-                              "kernel_name": info.get("kernel_name", ""),
-                              "transport": self.config.transport})
-        command = remote_command(self.config.python, self.bundle, self.config.sudo)
-        self.ssh = SSHTransport(ssh_argv(self.config.ssh, command), self.on_ssh_data,
-                                self.on_ssh_stderr, self.on_ssh_exit)
+        self.start_config = {"key": str(info["key"]), "env": self.config.env,
+                             "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
+                             "kernel_name": info.get("kernel_name", ""),
+                             "transport": self.config.transport}
+        if self.config.workdir:
+            self.start_config["cwd"] = self.config.workdir
+        agent_args = ["--id", kernel_id(str(info["key"]), self.config.connection_file),
+                      "--linger", "%g" % self.config.linger, "--buffer", str(self.config.buffer_size),
+                      "--ping", "%g" % self.config.heartbeat_interval,
+                      "--dead", "%g" % self.config.heartbeat_timeout]
+        command = remote_command(self.config.python, self.bundle, self.config.sudo, agent_args,
+                                 pre_command=self.config.pre_command, workdir=self.config.workdir)
+        self.argv = ssh_argv(self.config.ssh, command)
         log.info("connecting to %s", self.config.host)
-        try:
-            await self.ssh.start()
-        except OSError as error:
-            self.fail("cannot run %r: %s" % (self.config.ssh.ssh, error))
+        self.connect()
         timer = loop.call_later(self.config.timeout, self.startup_timeout)
+        self.ticker_handle = loop.call_later(TICK, self.tick)
         loop.add_signal_handler(signal.SIGINT, self.interrupt)
         loop.add_signal_handler(signal.SIGTERM, self.shutdown)
+        loop.add_signal_handler(signal.SIGHUP, self.shutdown)
         try:
             code = await self.done
         finally:
             timer.cancel()
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
+            self.ticker_handle.cancel()
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
             await self.close()
         return code
 
-    # -- the stream from the remote ----------------------------------------------------------
-    def on_ssh_data(self, data: bytes) -> None:
+    # -- links -------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Start one ssh: the first link sends the kernel's start, later ones only resume."""
+        self.boot = BootReader()
+        self.ssh_lines = []
+        self.heartbeat = None
+        self.conn.new_link()
+        self.conn.send_hello()
+        if not self.ready and self.attempts == 0:
+            self.conn.send_start(self.start_config)
+        self.attempts += 1
+        transport = SSHTransport(self.argv, lambda data: None, lambda line: None, lambda code: None)
+        transport.on_data = functools.partial(self.on_ssh_data, transport)
+        transport.on_stderr = functools.partial(self.on_ssh_stderr, transport)
+        transport.on_exit = functools.partial(self.on_ssh_exit, transport)
+        self.ssh = transport
+        self.link_started = time.monotonic()
+        asyncio.ensure_future(self._start(transport))
+
+    async def _start(self, transport: SSHTransport) -> None:
+        try:
+            await transport.start()
+        except OSError as error:
+            self.fail("cannot run %r: %s" % (self.config.ssh.ssh, error))
+
+    def link_lost(self, why: str) -> None:
+        """The current ssh is gone or silent: before the kernel was ready that is fatal, after it
+        we reconnect, keeping the kernel alive in Jupyter's eyes."""
         if self.done.done():
             return
+        if not self.ready:
+            self.fail(why)
+            return
+        old, self.ssh = self.ssh, None
+        if old is not None:
+            old.kill()
+        self.heartbeat = None
+        self.conn.new_link()
+        now = time.monotonic()
+        if self.lost_at is None:
+            self.lost_at = now
+            self.attempts = 0
+            log.warning("connection to %s lost (%s); reconnecting", self.config.host, why)
+        delay = BACKOFF[min(self.attempts, len(BACKOFF) - 1)]
+        asyncio.get_running_loop().call_later(delay, self.reconnect)
+
+    def reconnect(self) -> None:
+        if self.done.done() or self.ssh is not None:
+            return
+        assert self.lost_at is not None
+        if time.monotonic() - self.lost_at > self.config.reconnect_timeout:
+            self.give_up()
+            return
+        log.info("reconnecting to %s (attempt %d)", self.config.host, self.attempts + 1)
+        self.connect()
+
+    def give_up(self) -> None:
+        self.fail("lost the connection to %s and could not reconnect within %.0f s "
+                  "(--reconnect-timeout); the remote kernel stops after --linger"
+                  % (self.config.host, self.config.reconnect_timeout))
+
+    def tick(self) -> None:
+        """Every TICK: heartbeat on a live link, deadlines on a connecting one."""
+        loop = asyncio.get_running_loop()
+        self.ticker_handle = loop.call_later(TICK, self.tick)
+        now = time.monotonic()
+        if self.heartbeat is not None:
+            action = self.heartbeat.poll(now)
+            if action == "ping":
+                self.conn.send_ping(time.time())
+                self.schedule_flush()
+            elif action == "dead":
+                self.link_lost("no reply for %.1f s" % self.heartbeat.timeout)
+        elif self.ready and self.ssh is not None and now - self.link_started > self.config.timeout:
+            self.link_lost("ssh did not connect within %.0f s" % self.config.timeout)
+        if self.lost_at is not None and now - self.lost_at > self.config.reconnect_timeout:
+            self.give_up()
+
+    # -- the stream from the remote ----------------------------------------------------------
+    def on_ssh_data(self, transport: SSHTransport, data: bytes) -> None:
+        if self.done.done() or transport is not self.ssh:
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.heard(time.monotonic())
         if self.boot is not None:
             try:
                 result = self.boot.feed(data)
@@ -132,11 +255,11 @@ class Proxy:
             self.booted(reply)
         try:
             events = self.conn.receive_data(data)
+            for event in events:
+                self.handle(event)
         except wire.ProtocolError as error:
             self.fail(str(error))
             return
-        for event in events:
-            self.handle(event)
         if self.conn.ack_due:
             self.conn.send_ack()
         self.schedule_flush()
@@ -155,8 +278,9 @@ class Proxy:
 
     def handle(self, event: wire.Event) -> None:
         if isinstance(event, wire.ChannelData):
-            if self.frontend is not None:
-                self.frontend.send(event.channel, event.frames)
+            self.to_frontend(event)
+        elif isinstance(event, wire.Hello):
+            self.linked(event)
         elif isinstance(event, wire.Ready):
             self.ready = True
             info = event.info
@@ -165,6 +289,13 @@ class Proxy:
                      info.get("hostname"), info.get("pid"))
         elif isinstance(event, wire.Ping):
             self.conn.send_pong(event.timestamp)
+        elif isinstance(event, wire.Pong) and self.heartbeat is not None:
+            self.heartbeat.pong(event.timestamp, time.time())
+        elif isinstance(event, wire.LogLine):
+            log.info("%s", event.text)
+        elif isinstance(event, wire.Skipped):
+            self.drop_notice = _drop_notice(event.frames, event.nbytes, self.config.buffer_size)
+            log.warning("%s", self.drop_notice.strip())
         elif isinstance(event, wire.KernelExited):
             log.info("the remote kernel exited with code %d", event.code)
             self.finish(event.code if 0 <= event.code < 256 else 128 + abs(event.code) % 128)
@@ -173,23 +304,47 @@ class Proxy:
         elif isinstance(event, wire.Noise):
             log.debug("skipped %d bytes the remote printed before the agent started", len(event.data))
 
-    def on_ssh_stderr(self, line: str) -> None:
-        if self.boot is not None:
+    def linked(self, hello: wire.Hello) -> None:
+        if self.ready and "resumed" not in hello.capabilities:
+            self.fail("the remote agent on %s no longer has this kernel (stopped after --linger, or "
+                      "the host restarted); restart the kernel" % self.config.host)
+            return
+        replay = sum(1 for seq, _ in self.conn.unacked if seq > hello.received)
+        self.conn.resume(hello.received)
+        self.heartbeat = wire.Heartbeat(self.config.heartbeat_interval, self.config.heartbeat_timeout,
+                                        time.monotonic())
+        if self.lost_at is not None:
+            log.warning("reconnected to %s after %.1f s (attempt %d); resent %d messages",
+                        self.config.host, time.monotonic() - self.lost_at, self.attempts, replay)
+            self.lost_at = None
+            self.attempts = 0
+
+    def to_frontend(self, event: wire.ChannelData) -> None:
+        if self.frontend is None:
+            return
+        if self.drop_notice is not None and event.channel == "iopub":
+            # Shown in the cell the next output belongs to, so the user sees what went missing.
+            self.frontend.publish_stream(self.drop_notice, event.frames)
+            self.drop_notice = None
+        self.frontend.send(event.channel, event.frames)
+
+    def on_ssh_stderr(self, transport: SSHTransport, line: str) -> None:
+        if transport is not self.ssh or self.boot is not None:
             self.ssh_lines.append(line)  # summarized in one sentence if the start fails
             log.debug("ssh: %s", line)
         else:
             log.info("%s", line)
 
-    def on_ssh_exit(self, code: Optional[int]) -> None:
-        if self.done.done():
+    def on_ssh_exit(self, transport: SSHTransport, code: Optional[int]) -> None:
+        if self.done.done() or transport is not self.ssh:
             return
-        if self.boot is not None:
+        if self.boot is not None and not self.ready:
             self.fail(explain_ssh_failure(self.config.host, self.ssh_lines, code))
         elif not self.ready:
             self.fail("the remote agent on %s stopped before the kernel started (exit code %s); "
                       "see the lines above" % (self.config.host, code))
         else:
-            self.fail("the ssh connection to %s was lost (exit code %s)" % (self.config.host, code))
+            self.link_lost("ssh exited with code %s" % code)
 
     # -- the frontends -----------------------------------------------------------------------
     def from_frontend(self, channel: str, frames: List[bytes]) -> None:
@@ -214,7 +369,8 @@ class Proxy:
         self.schedule_flush()
 
     def shutdown(self) -> None:
-        if not self.ready:
+        if not self.ready or not self.conn.linked:
+            # Nobody to tell: the agent stops the kernel after --linger, or sees the stream end.
             self.finish(143)
             return
         log.info("shutdown requested: stopping the remote kernel")
@@ -233,6 +389,8 @@ class Proxy:
     def fail(self, sentence: str) -> None:
         if not self.done.done():
             log.error("%s", sentence)
+            if not self.ready and self.conn.linked:
+                self.conn.send_shutdown()  # a start that failed half-way leaves no kernel behind
             self.finish(1)
 
     def finish(self, code: int) -> None:
@@ -243,10 +401,12 @@ class Proxy:
 
     async def close(self) -> None:
         if self.ssh is not None:
-            self.flush()
-            # EOF first: the agent then stops its kernel and removes its files, and ssh exits.
-            self.ssh.close_input()
-            await self.ssh.wait(SSH_EXIT_GRACE)
+            if self.conn.linked:
+                # Deliver the last frames, then EOF: the remote side of this session ends and ssh
+                # exits by itself (the agent has already stopped, or lingers by design).
+                self.flush()
+                self.ssh.close_input()
+                await self.ssh.wait(SSH_EXIT_GRACE)
             self.ssh.kill()
         if self.frontend is not None:
             self.frontend.close()

@@ -1,54 +1,200 @@
-"""The remote agent: runs one ipykernel and bridges its five channels to the stream on stdin/stdout.
+"""The remote agent: one detached daemon per kernel, and the small process each ssh session runs.
 
 Started by the bootstrap that the local proxy runs over ssh (``proxykernel/bootstrap.py``), on the
-Python the user chose, so the kernel runs on that same interpreter. Self-contained: stdlib, pyzmq and
-jupyter_client (which ipykernel already brings); Python >= 3.8 syntax; a ``zmq.Poller`` loop, no
-tornado. Log lines go to stderr, which ssh carries to the proxy and so into Jupyter's server log.
+Python the user chose, so the kernel runs on that same interpreter:
+
+- ``main`` is what the ssh session runs. It finds the kernel's daemon by its unix socket (in a 0700
+  per-user directory), starts it if there is none, and pumps bytes between ssh's stdin/stdout and
+  the socket. When ssh dies, only this process goes; the daemon and the kernel stay.
+- ``daemon_main`` is the daemon (its own session): it launches ipykernel, bridges its five channels
+  to whichever stream is attached, keeps what the proxy has not acknowledged for replay, and stops
+  the kernel after ``--linger`` seconds with no proxy attached.
+
+Self-contained: stdlib, pyzmq and jupyter_client (which ipykernel already brings); Python >= 3.8
+syntax; a ``zmq.Poller`` loop, no tornado.
 """
 from __future__ import annotations
 
+import argparse
+import errno
+import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import zmq
 from jupyter_client.connect import write_connection_file
 
 from remote_agent import wire
 
-__all__ = ["main", "Agent"]
+__all__ = ["main", "daemon_main", "Agent", "runtime_dir"]
 
-POLL_MS = 100  # how often the kernel process is checked for exit when nothing else happens
+POLL_MS = 100  # how often timers (heartbeat, linger, kernel exit) are checked when all is quiet
 KILL_GRACE = 3.0  # seconds a kernel gets to exit after SIGTERM before SIGKILL
 DRAIN_SECONDS = 0.3  # after the kernel exits, how long its last messages (shutdown_reply) may trail
+IDLE_EXIT = 30.0  # a daemon with no kernel and no proxy for this long exits (a restart never came)
+DAEMON_START = 10.0  # how long the ssh-side process waits for a new daemon's socket
 READ_SIZE = 1 << 20
-# Unix socket paths are limited to 107 bytes; ipykernel adds "-NNNNN" to the prefix.
-MAX_IPC_PREFIX = 90
+LOG_BACKLOG = 200  # log lines kept while no proxy is attached
 
 
-def log(message: str) -> None:
+def _stderr(message: str) -> None:
     sys.stderr.write("proxykernel-agent: %s\n" % message)
     sys.stderr.flush()
 
 
+def _options(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="remote_agent")
+    parser.add_argument("--id", required=True, help="the kernel's id: names its socket")
+    parser.add_argument("--linger", type=float, default=3600.0)
+    parser.add_argument("--ping", type=float, default=1.0)
+    parser.add_argument("--dead", type=float, default=5.0)
+    parser.add_argument("--buffer", type=int, default=256 * 1024 * 1024)
+    return parser.parse_args(argv)
+
+
+def runtime_dir() -> str:
+    """The per-user 0700 directory for daemon sockets and logs; refuses one someone else controls."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or ""
+    if base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60:
+        path = os.path.join(base, "proxykernel")
+    else:
+        path = os.path.join(tempfile.gettempdir(), "proxykernel-%d" % os.getuid())
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SystemExit("proxykernel-agent: %s is not a private directory of this user (mode %o); "
+                         "remove it and try again" % (path, stat.S_IMODE(info.st_mode)))
+    return path
+
+
 def _take_stdio() -> Tuple[int, int]:
     """Keep fds 0/1 for the protocol and point the originals at /dev/null, so that a stray print
-    (ours, a library's, the kernel's) can never corrupt the stream."""
+    (ours or a library's) can never corrupt the stream."""
     stream_in, stream_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
     sys.stdout = sys.stderr
-    for fd in (stream_in, stream_out):
-        os.set_blocking(fd, False)
     return stream_in, stream_out
+
+
+# -- the ssh session's process ---------------------------------------------------------------
+def main(argv: List[str]) -> None:
+    """Run by the bootstrap in each ssh session: attach this stream to the kernel's daemon."""
+    options = _options(argv)
+    stream_in, stream_out = _take_stdio()
+    directory = runtime_dir()
+    path = os.path.join(directory, options.id + ".sock")
+    sock = _connect(path)
+    if sock is None:
+        sock = _start_daemon(path, os.path.join(directory, options.id + ".log"), argv)
+    _pump(stream_in, stream_out, sock)
+
+
+def _connect(path: str) -> Optional[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _start_daemon(path: str, log_path: str, argv: List[str]) -> socket.socket:
+    # The daemon imports us from the same place (the cached agent zip, or a source tree).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from remote_agent.agent import daemon_main; daemon_main(sys.argv[2:])")
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        subprocess.Popen([sys.executable, "-c", code, here] + argv, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=log_fd, start_new_session=True)
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + DAEMON_START
+    while time.monotonic() < deadline:
+        sock = _connect(path)
+        if sock is not None:
+            return sock
+        time.sleep(0.01)
+    with open(log_path, errors="replace") as log_file:
+        sys.stderr.write(log_file.read()[-4000:])
+    raise SystemExit("proxykernel-agent: the agent daemon did not start within %.0f s" % DAEMON_START)
+
+
+def _pump(stream_in: int, stream_out: int, sock: socket.socket) -> None:
+    """Copy bytes both ways until either side ends; then this process (only) exits."""
+    def upstream() -> None:
+        try:
+            while True:
+                data = os.read(stream_in, READ_SIZE)
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the daemon sees the stream end and waits for another
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, daemon=True).start()
+    try:
+        while True:
+            data = sock.recv(READ_SIZE)
+            if not data:
+                break
+            view = memoryview(data)
+            while view:
+                view = view[os.write(stream_out, view):]
+    except OSError:
+        pass
+    os._exit(0)
+
+
+# -- the daemon ------------------------------------------------------------------------------
+def daemon_main(argv: List[str]) -> None:
+    options = _options(argv)
+    path = os.path.join(runtime_dir(), options.id + ".sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE or _connect(path) is not None:
+            raise SystemExit("proxykernel-agent: cannot listen on %s: %s" % (path, error))
+        os.unlink(path)  # a stale socket from a daemon that died: take its place
+        listener.bind(path)
+    listener.listen(4)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        code = Agent(listener, options).run()
+    finally:
+        listener.close()
+        for leftover in (path, path[:-len(".sock")] + ".log"):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+    sys.exit(code if 0 <= code < 256 else 1)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through Agent.run, which stops the kernel
 
 
 def _private_dir() -> str:
@@ -67,103 +213,246 @@ def _ipykernel_version() -> str:
         return "unknown"
 
 
-class Agent:
-    """Owns the kernel process and the ZMQ sockets toward it; one instance per agent process."""
+def _message_part(frames: List[bytes], index: int) -> bytes:
+    """Part ``index`` after the ``<IDS|MSG>`` delimiter (0 = signature, 1 = header, 3 = content)."""
+    try:
+        return frames[frames.index(b"<IDS|MSG>") + 1 + index]
+    except (ValueError, IndexError):
+        return b""
 
-    def __init__(self, stream_in: int, stream_out: int) -> None:
-        self.stream_in = stream_in
-        self.stream_out = stream_out
-        self.conn = wire.Connection("agent")
+
+def _is_welcome(frames: List[bytes]) -> bool:
+    """The kernel's iopub_welcome answers our own SUB: the proxy welcomes each frontend itself."""
+    header = _message_part(frames, 1)
+    return len(header) < 1024 and b'"iopub_welcome"' in header
+
+
+def _restart_requested(frames: List[bytes]) -> Optional[bool]:
+    """For a shutdown_request on control: does it ask for a restart? None for other messages."""
+    header = _message_part(frames, 1)
+    if b'"shutdown_request"' not in header:
+        return None
+    try:
+        return bool(json.loads(_message_part(frames, 3).decode("utf-8")).get("restart"))
+    except (ValueError, AttributeError):
+        return False
+
+
+class Agent:
+    """The daemon's state: the kernel process, its ZMQ sockets, and at most one attached stream."""
+
+    def __init__(self, listener: socket.socket, options: argparse.Namespace) -> None:
+        self.listener = listener
+        self.options = options
+        self.conn = wire.Connection("agent", max_buffer=options.buffer)
         self.context = zmq.Context()
         self.poller = zmq.Poller()
-        self.poller.register(stream_in, zmq.POLLIN)
-        self.out = bytearray()
+        self.poller.register(listener.fileno(), zmq.POLLIN)  # plain fds: Poller.poll returns fds
+        self.link: Optional[socket.socket] = None
+        self.heartbeat: Optional[wire.Heartbeat] = None
+        self.out: Deque[memoryview] = deque()
+        self.out_bytes = 0
+        self.detached_since = time.monotonic()
+        self.logs: Deque[str] = deque(maxlen=LOG_BACKLOG)
+        self.config: Dict[str, Any] = {}
         self.kernel: Optional["subprocess.Popen[bytes]"] = None
+        self.kernel_stderr = b""
+        self.kernel_used = False  # a pre-started kernel is handed over only if nobody used it
+        self.restart_expected = False
+        self.exited_code: Optional[int] = None  # the last kernel's exit code, until reported
         self.connection_dir: Optional[str] = None
         self.connection_info: Dict[str, Any] = {}
         self.iopub: Optional[zmq.Socket] = None
         # (channel, frontend identity) -> DEALER, and back: replies go to the frontend that asked.
         self.dealers: Dict[Tuple[str, bytes], zmq.Socket] = {}
         self.routes: Dict[zmq.Socket, Tuple[str, bytes]] = {}
-        self.stream_open = True
         self.exit_code: Optional[int] = None
+
+    def log(self, message: str) -> None:
+        """To the proxy (so to Jupyter's log) when attached, and to the daemon's own log file."""
+        _stderr(message)
+        self.logs.append(message)
+        self.send_logs()
+
+    def send_logs(self) -> None:
+        if self.conn.linked:
+            while self.logs:
+                self.conn.send_log("proxykernel-agent: " + self.logs.popleft())
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
-        self.conn.send_hello()
-        self.flush()
         try:
             while self.exit_code is None:
                 self.step(POLL_MS)
         finally:
-            self.cleanup()
+            self.stop_kernel()
+            self.close_kernel_sockets()
+            self.context.term()
         return self.exit_code
 
     def step(self, timeout_ms: int) -> None:
-        self.poller.register(self.stream_out, zmq.POLLOUT if self.out else 0)  # 0 unregisters
+        if self.link is not None:
+            self.poller.register(self.link.fileno(), zmq.POLLIN | (zmq.POLLOUT if self.out else 0))
         for sock, _ in self.poller.poll(timeout_ms):
-            if sock == self.stream_in:
-                self.read_stream()
-            elif sock == self.stream_out:
-                self.flush()
+            if sock == self.listener.fileno():
+                self.accept()
+            elif self.link is not None and sock == self.link.fileno():
+                self.read_link()
+            elif isinstance(sock, int):
+                self.read_kernel_stderr()
             elif sock is self.iopub:
                 self.relay_iopub()
-            else:
+            elif sock in self.routes:
                 self.relay_reply(sock)
-        if self.kernel is not None and self.kernel.poll() is not None:
-            self.kernel_exited(self.kernel.returncode)
+        self.check_timers(time.monotonic())
         self.flush()
 
-    def read_stream(self) -> None:
+    def check_timers(self, now: float) -> None:
+        if self.kernel is not None and self.kernel.poll() is not None:
+            self.kernel_exited(self.kernel.returncode)
+        if self.heartbeat is not None:
+            action = self.heartbeat.poll(now)
+            if action == "ping":
+                self.conn.send_ping(time.time())
+            elif action == "dead":
+                self.detach("no traffic from the proxy for %.1f s" % self.heartbeat.timeout)
+        if self.link is None:
+            idle = now - self.detached_since
+            if self.kernel is not None and idle > self.options.linger:
+                self.log("no proxy attached for %.0f s (--linger): stopping the kernel" % idle)
+                self.exit_code = 0
+            elif self.kernel is None and idle > min(IDLE_EXIT, self.options.linger):
+                self.exit_code = 0
+
+    # -- the attached stream -----------------------------------------------------------------
+    def accept(self) -> None:
+        sock, _ = self.listener.accept()
+        if self.link is not None:
+            self.detach("a new connection replaces the old one")
+        sock.setblocking(False)
+        self.link = sock
+        self.conn.new_link()
+        self.heartbeat = wire.Heartbeat(self.options.ping, self.options.dead, time.monotonic())
+
+    def detach(self, why: str) -> None:
+        if self.link is None:
+            return
+        self.poller.unregister(self.link.fileno())
+        self.link.close()
+        self.link = None
+        self.heartbeat = None
+        self.out.clear()
+        self.out_bytes = 0
+        self.conn.new_link()
+        self.detached_since = time.monotonic()
+        self.log("proxy detached (%s); waiting up to %.0f s for it to come back" % (why, self.options.linger))
+
+    def read_link(self) -> None:
+        assert self.link is not None and self.heartbeat is not None
         try:
-            data = os.read(self.stream_in, READ_SIZE)
+            data = self.link.recv(READ_SIZE)
         except BlockingIOError:
             return
-        if not data:
-            self.stream_closed()
+        except OSError as error:
+            self.detach(str(error))
             return
+        if not data:
+            self.detach("the ssh connection closed")
+            return
+        self.heartbeat.heard(time.monotonic())
         try:
             events = self.conn.receive_data(data)
+            for event in events:
+                self.handle(event)
         except wire.ProtocolError as error:
-            self.fail(str(error))
+            if self.conn.peer_hello is None or not self.conn.linked:
+                self.conn.send_hello()  # so the proxy can read our version before the error
+            self.conn.send_error(str(error))
+            self.flush()
+            self.detach(str(error))
             return
-        for event in events:
-            self.handle(event)
         if self.conn.ack_due:
             self.conn.send_ack()
 
     def handle(self, event: wire.Event) -> None:
         if isinstance(event, wire.ChannelData):
             self.relay_request(event)
+        elif isinstance(event, wire.Hello):
+            self.hello(event)
         elif isinstance(event, wire.Start):
-            self.start_kernel(event.config)
+            self.start(event.config)
         elif isinstance(event, wire.Ping):
             self.conn.send_pong(event.timestamp)
-            self.conn.send_ack()
+        elif isinstance(event, wire.Pong) and self.heartbeat is not None:
+            self.heartbeat.pong(event.timestamp, time.time())
         elif isinstance(event, wire.Interrupt):
             self.interrupt()
         elif isinstance(event, wire.Shutdown):
-            self.shutdown()
-        elif isinstance(event, wire.Noise):
-            log("ignored %d bytes of noise before the proxy's hello" % len(event.data))
+            self.log("shutdown requested by the proxy")
+            self.stop_kernel()
+            self.report_exit()
+            self.exit_code = 0
+
+    def hello(self, hello: wire.Hello) -> None:
+        resumed = bool(self.conn.session) and hello.session == self.conn.session
+        if not resumed:
+            self.conn.reset_session(hello.session)
+        self.conn.send_hello(capabilities=["resumed"] if resumed else [])
+        self.conn.resume(hello.received)
+        self.send_logs()
+        if resumed and self.kernel is None and self.exited_code is not None:
+            self.report_exit()
 
     def flush(self) -> None:
-        self.out += self.conn.data_to_send()
-        while self.out:
+        data = self.conn.data_to_send()
+        if data and self.link is not None:
+            self.out.append(memoryview(data))
+            self.out_bytes += len(data)
+        while self.out and self.link is not None:
             try:
-                written = os.write(self.stream_out, self.out[:READ_SIZE])
+                sent = self.link.send(self.out[0][:READ_SIZE])
             except BlockingIOError:
                 return
-            except OSError:  # the proxy side is gone
-                self.out.clear()
-                self.stream_closed()
+            except OSError as error:
+                self.detach(str(error))
                 return
-            del self.out[:written]
+            self.out_bytes -= sent
+            if sent == len(self.out[0]):
+                self.out.popleft()
+            else:
+                self.out[0] = self.out[0][sent:]
+
+    def flush_blocking(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        self.flush()
+        while self.out and self.link is not None and time.monotonic() < deadline:
+            self.poller.poll(20)
+            self.flush()
 
     # -- kernel lifecycle --------------------------------------------------------------------
-    def start_kernel(self, config: Dict[str, Any]) -> None:
+    def start(self, config: Dict[str, Any]) -> None:
+        """A new proxy's start: hand over a fresh pre-started kernel, or start one."""
+        same_kernel = config.get("key") == self.config.get("key")
+        if self.kernel is not None and self.kernel.poll() is None and not self.kernel_used and same_kernel:
+            self.log("handing over the kernel started for the restart (pid %d)" % self.kernel.pid)
+        else:
+            self.stop_kernel()
+            self.config = config
+            self.launch_kernel()
+        self.exited_code = None
         if self.kernel is not None:
-            return
+            self.conn.send_ready(self.ready_info())
+
+    def ready_info(self) -> Dict[str, Any]:
+        assert self.kernel is not None
+        return {"pid": self.kernel.pid, "hostname": socket.gethostname(),
+                "python": sys.version.split()[0], "executable": sys.executable,
+                "ipykernel": _ipykernel_version(), "transport": self.connection_info.get("transport"),
+                "connection_dir": self.connection_dir, "agent_pid": os.getpid()}
+
+    def launch_kernel(self) -> None:
+        config = self.config
+        self.close_kernel_sockets()
         self.connection_dir = _private_dir()
         fname = os.path.join(self.connection_dir, "kernel.json")
         transport = config.get("transport", "ipc")
@@ -172,28 +461,29 @@ class Agent:
             fname, ip=ip, transport=transport, key=config["key"].encode("ascii"),
             signature_scheme=config.get("signature_scheme", "hmac-sha256"),
             kernel_name=config.get("kernel_name", ""))
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", fname]
         env = dict(os.environ)
         env.update(config.get("env", {}))
         try:
             self.kernel = subprocess.Popen(
                 # stdout only carries ipykernel's console banner (cell output goes over IOPub).
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=2, env=env,
+                [sys.executable, "-m", "ipykernel_launcher", "-f", fname], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                 cwd=config.get("cwd") or None, start_new_session=True)
         except OSError as error:
-            self.fail("could not start the kernel on %s: %s" % (socket.gethostname(), error))
+            self.conn.send_error("could not start the kernel on %s: %s" % (socket.gethostname(), error))
+            self.kernel = None
             return
+        assert self.kernel.stderr is not None
+        os.set_blocking(self.kernel.stderr.fileno(), False)
+        self.poller.register(self.kernel.stderr.fileno(), zmq.POLLIN)
+        self.kernel_used = False
+        self.restart_expected = False
         self.iopub = self.context.socket(zmq.SUB)
-        self.iopub.rcvhwm = 0  # never drop output on our side; the stream is the bottleneck
+        self.iopub.rcvhwm = 0  # never drop output on our side; the replay buffer bounds memory
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.iopub.connect(self._url("iopub"))
         self.poller.register(self.iopub, zmq.POLLIN)
-        self.conn.send_ready({
-            "pid": self.kernel.pid, "hostname": socket.gethostname(),
-            "python": sys.version.split()[0], "executable": sys.executable,
-            "ipykernel": _ipykernel_version(), "transport": transport,
-            "connection_dir": self.connection_dir, "agent_pid": os.getpid()})
-        log("kernel pid %d started with %s" % (self.kernel.pid, sys.executable))
+        self.log("kernel pid %d started with %s" % (self.kernel.pid, sys.executable))
 
     def _url(self, channel: str) -> str:
         info = self.connection_info
@@ -202,35 +492,67 @@ class Agent:
             return "ipc://%s-%s" % (info["ip"], port)
         return "tcp://%s:%s" % (info["ip"], port)
 
+    def read_kernel_stderr(self) -> None:
+        """The kernel's stderr (warnings, a crash's traceback) goes to the proxy's log, by lines."""
+        if self.kernel is None or self.kernel.stderr is None:
+            return
+        try:
+            data = os.read(self.kernel.stderr.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self.poller.unregister(self.kernel.stderr.fileno())
+            return
+        lines = (self.kernel_stderr + data).split(b"\n")
+        self.kernel_stderr = lines.pop()[-65536:]
+        for line in lines:
+            self.logs.append("kernel: " + line.decode("utf-8", "replace"))
+        self.send_logs()
+
     def interrupt(self) -> None:
         if self.kernel is not None and self.kernel.poll() is None:
             os.kill(self.kernel.pid, signal.SIGINT)
 
-    def shutdown(self) -> None:
-        """The proxy was told to stop (SIGTERM): end the kernel, report, exit."""
-        if self.kernel is None:
-            self.exit_code = 0
-            return
-        self.stop_kernel()
-        self.kernel_exited(self.kernel.returncode)
-
     def stop_kernel(self) -> None:
-        assert self.kernel is not None
+        if self.kernel is None:
+            return
         if self.kernel.poll() is None:
             self.kernel.terminate()
             try:
                 self.kernel.wait(KILL_GRACE)
             except subprocess.TimeoutExpired:
-                log("kernel ignored SIGTERM for %.0f s; killing it" % KILL_GRACE)
+                self.log("kernel ignored SIGTERM for %.0f s; killing it" % KILL_GRACE)
                 self.kernel.kill()
                 self.kernel.wait()
+        self.forget_kernel()
+
+    def forget_kernel(self) -> None:
+        assert self.kernel is not None
+        if self.kernel.stderr is not None:
+            self.poller.register(self.kernel.stderr.fileno(), 0)  # 0 unregisters, if registered
+            self.kernel.stderr.close()
+        self.exited_code = self.kernel.returncode
+        self.kernel = None
+        if self.connection_dir:
+            shutil.rmtree(self.connection_dir, ignore_errors=True)  # incl. ipc socket files
+            self.connection_dir = None
 
     def kernel_exited(self, code: int) -> None:
         self.drain(DRAIN_SECONDS)
-        log("kernel exited with code %d" % code)
-        self.conn.send_kernel_exited(code)
-        self.flush_blocking()
-        self.exit_code = code
+        self.log("kernel exited with code %d" % code)
+        self.forget_kernel()
+        self.report_exit()
+        if self.restart_expected:
+            # Jupyter will start a new proxy with the same connection file: have its kernel ready.
+            self.launch_kernel()
+        elif self.link is not None and self.exited_code is None:
+            self.exit_code = code  # reported; nobody will ask for this kernel again
+
+    def report_exit(self) -> None:
+        if self.exited_code is not None and self.conn.linked:
+            self.conn.send_kernel_exited(self.exited_code)
+            self.flush_blocking(5.0)
+            self.exited_code = None
 
     def drain(self, seconds: float) -> None:
         """Relay what the kernel sent just before exiting (a shutdown_reply, the last output)."""
@@ -242,46 +564,25 @@ class Agent:
             for sock in ready:
                 self.relay_iopub() if sock is self.iopub else self.relay_reply(sock)
 
-    def flush_blocking(self, seconds: float = 5.0) -> None:
-        deadline = time.monotonic() + seconds
-        self.flush()
-        while self.out and self.stream_open and time.monotonic() < deadline:
-            self.poller.poll(50)
-            self.flush()
-
-    def stream_closed(self) -> None:
-        """ssh went away: with no proxy to serve, the kernel must not be left behind."""
-        if not self.stream_open:
-            return
-        self.stream_open = False
-        log("the stream to the proxy closed; stopping the kernel")
-        if self.kernel is not None:
-            self.stop_kernel()
-            self.exit_code = self.kernel.returncode
-        else:
-            self.exit_code = 0
-
-    def fail(self, sentence: str) -> None:
-        log(sentence)
-        self.conn.send_error(sentence)
-        self.flush_blocking(1.0)
-        if self.kernel is not None:
-            self.stop_kernel()
-        self.exit_code = 2
-
-    def cleanup(self) -> None:
+    def close_kernel_sockets(self) -> None:
         for sock in list(self.routes) + ([self.iopub] if self.iopub is not None else []):
+            self.poller.unregister(sock)
             sock.close(linger=0)
-        self.context.term()
-        if self.connection_dir:
-            shutil.rmtree(self.connection_dir, ignore_errors=True)
+        self.routes.clear()
+        self.dealers.clear()
+        self.iopub = None
 
     # -- relaying ----------------------------------------------------------------------------
     def relay_request(self, event: wire.ChannelData) -> None:
         """A frontend's message for shell/control/stdin: frames[0] is its routing identity."""
-        if event.channel not in ("shell", "control", "stdin") or not event.frames:
+        if event.channel not in ("shell", "control", "stdin") or not event.frames or self.kernel is None:
             return
-        identity, frames = event.frames[0], event.frames[1:]
+        identity, frames = event.frames[0], list(event.frames[1:])
+        self.kernel_used = True
+        if event.channel == "control":
+            restart = _restart_requested(frames)
+            if restart is not None:
+                self.restart_expected = restart
         self.dealer(event.channel, identity).send_multipart(frames, copy=False)
 
     def dealer(self, channel: str, identity: bytes) -> zmq.Socket:
@@ -320,19 +621,3 @@ class Agent:
                 return
             if not _is_welcome(frames):
                 self.conn.send_data("iopub", frames)
-
-
-def _is_welcome(frames: List[bytes]) -> bool:
-    """The kernel's iopub_welcome answers our own SUB: the proxy welcomes each frontend itself."""
-    try:
-        header = frames[frames.index(b"<IDS|MSG>") + 2]
-    except (ValueError, IndexError):
-        return False
-    return len(header) < 1024 and b'"iopub_welcome"' in header
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point, called by the bootstrap once it has printed its ready line."""
-    stream_in, stream_out = _take_stdio()
-    code = Agent(stream_in, stream_out).run()
-    sys.exit(code if 0 <= code < 256 else 1)

@@ -27,7 +27,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAGIC", "MAX_FRAME", "MAX_NOISE", "CHANNELS",
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "VersionMismatch",
     "Hello", "ChannelData", "Ack", "Ping", "Pong", "Start", "Ready", "Interrupt", "Shutdown",
-    "KernelExited", "ErrorReport", "Noise", "Event", "Connection",
+    "KernelExited", "ErrorReport", "LogLine", "Skipped", "Noise", "Event", "Connection", "Heartbeat",
 ]
 
 PROTOCOL_VERSION = 1
@@ -50,7 +50,10 @@ _F64 = struct.Struct(">d")
 _I32 = struct.Struct(">i")
 
 (_HELLO, _DATA, _ACK, _PING, _PONG, _START, _READY, _INTERRUPT, _SHUTDOWN, _EXITED,
- _ERROR) = range(1, 12)
+ _ERROR, _LOG, _SKIP) = range(1, 14)
+_SKIP_BODY = struct.Struct(">QQQ")
+# Output the sender may drop when its replay buffer is full; replies are never dropped.
+DROPPABLE = frozenset(["iopub"])
 
 
 class ProtocolError(Exception):
@@ -133,12 +136,26 @@ class ErrorReport:
 
 
 @dataclass(frozen=True)
+class LogLine:
+    """A line of the agent's log (or the kernel's stderr), for the Jupyter server's log."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The sender dropped data frames up to ``seq`` (its replay buffer overflowed during an outage)."""
+    seq: int
+    frames: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class Noise:
     data: bytes
 
 
 Event = Union[Hello, ChannelData, Ack, Ping, Pong, Start, Ready, Interrupt, Shutdown, KernelExited,
-              ErrorReport, Noise]
+              ErrorReport, LogLine, Skipped, Noise]
 
 
 def _json_payload(obj: Dict[str, Any]) -> bytes:
@@ -205,8 +222,10 @@ def _fixed(fmt: struct.Struct, payload: bytes, what: str) -> Any:
     return fmt.unpack(payload)[0]
 
 
-def _parse_error(payload: bytes) -> ErrorReport:
-    return ErrorReport(payload.decode("utf-8", "replace"))
+def _parse_skip(payload: bytes) -> Skipped:
+    if len(payload) != _SKIP_BODY.size:
+        raise RemoteProtocolError("the peer sent a skip frame of the wrong size")
+    return Skipped(*_SKIP_BODY.unpack(payload))
 
 
 def _parse_empty(event: Event, what: str) -> Any:
@@ -228,7 +247,9 @@ _PARSERS = {
     _INTERRUPT: _parse_empty(Interrupt(), "interrupt"),
     _SHUTDOWN: _parse_empty(Shutdown(), "shutdown"),
     _EXITED: lambda p: KernelExited(_fixed(_I32, p, "kernel-exited")),
-    _ERROR: _parse_error,
+    _ERROR: lambda p: ErrorReport(p.decode("utf-8", "replace")),
+    _LOG: lambda p: LogLine(p.decode("utf-8", "replace")),
+    _SKIP: _parse_skip,
 }
 
 
@@ -236,20 +257,37 @@ class Connection:
     """One end of the stream: encodes what this side sends, decodes what the peer sends.
 
     Called by the proxy's and the agent's event loops: ``receive_data`` for every chunk read from the
-    stream, then ``data_to_send`` to flush. Sent data frames stay in ``unacked`` until the peer's
-    cumulative ack covers them, so a later resume can resend exactly what the peer lacks.
+    stream, then ``data_to_send`` to flush. The sequence state outlives a link: after a drop, call
+    ``new_link``, exchange hellos, and ``resume`` with the peer's ``received`` count queues exactly the
+    data frames the peer lacks. Until ``resume``, data frames are only kept (a link is not yet up).
+    Sent data frames stay in ``unacked`` until the peer's cumulative ack covers them, up to
+    ``max_buffer`` bytes, beyond which the oldest IOPub frames are dropped and reported to the peer.
     """
 
-    def __init__(self, role: str, session: str = "") -> None:
+    def __init__(self, role: str, session: str = "", max_buffer: int = 256 * 1024 * 1024) -> None:
         self.role = role
+        self.max_buffer = max_buffer
+        self.reset_session(session)
+        self.new_link()
+
+    def reset_session(self, session: str) -> None:
+        """Forget all sequence state: a new proxy, a new conversation."""
         self.session = session
-        self.peer_hello: Optional[Hello] = None
         self.sent_seq = 0  # seq of the last data frame sent
         self.received_seq = 0  # seq of the last data frame received
         self.acked_received = 0  # last received seq we have acked to the peer
         self._bytes_since_ack = 0
         self.unacked: Deque[Tuple[int, bytes]] = deque()
+        self._droppable: Deque[bool] = deque()  # parallel to unacked
         self.unacked_bytes = 0
+        self._drops: List[List[int]] = []  # runs [first_seq, last_seq, nbytes] dropped, not yet reported
+        self.dropped_frames = 0
+        self.dropped_bytes = 0
+
+    def new_link(self) -> None:
+        """A fresh byte stream: reset the decoder and the output, keep the sequence state."""
+        self.peer_hello: Optional[Hello] = None
+        self.linked = False
         self._out: List[bytes] = []
         self._in = bytearray()
         self._noise = 0
@@ -280,10 +318,31 @@ class Connection:
             parts.append(part)
         frame = self._frame(_DATA, b"".join(parts))  # may refuse: then no seq is used up
         self.sent_seq = seq
-        self.unacked.append((self.sent_seq, frame))
+        self.unacked.append((seq, frame))
+        self._droppable.append(channel in DROPPABLE)
         self.unacked_bytes += len(frame)
-        self._out.append(frame)
-        return self.sent_seq
+        if self.linked:
+            self._out.append(frame)
+        if self.unacked_bytes > self.max_buffer:
+            self._drop_oldest_output()
+        return seq
+
+    def _drop_oldest_output(self) -> None:
+        """Keep memory bounded: drop the oldest droppable frames until under ``max_buffer``."""
+        index = 0
+        while self.unacked_bytes > self.max_buffer and index < len(self.unacked):
+            if not self._droppable[index]:
+                index += 1
+                continue
+            seq, frame = self.unacked[index]
+            del self.unacked[index]
+            del self._droppable[index]
+            self.unacked_bytes -= len(frame)
+            if self._drops and self._drops[-1][1] == seq - 1:
+                self._drops[-1][1] = seq
+                self._drops[-1][2] += len(frame)
+            else:
+                self._drops.append([seq, seq, len(frame)])
 
     @property
     def ack_due(self) -> bool:
@@ -320,21 +379,52 @@ class Connection:
     def send_error(self, sentence: str) -> None:
         self._out.append(self._frame(_ERROR, sentence.encode("utf-8")))
 
+    def send_log(self, text: str) -> None:
+        self._out.append(self._frame(_LOG, text.encode("utf-8", "replace")))
+
     def data_to_send(self) -> bytes:
         """Everything queued since the last call, ready for the transport."""
         data = b"".join(self._out)
         self._out.clear()
         return data
 
-    def resend_unacked(self, peer_received: int) -> None:
-        """After a resume: drop what the peer has, queue again exactly what it lacks."""
+    def resume(self, peer_received: int) -> None:
+        """The peer's hello arrived on this link: queue exactly what it lacks, then go live.
+
+        Frames dropped from the replay buffer become skip frames, so the peer knows how much output
+        it will never see instead of mistaking the gap for corruption.
+        """
+        if peer_received > self.sent_seq:
+            raise RemoteProtocolError("the peer claims frame %d, but only %d were sent"
+                                      % (peer_received, self.sent_seq))
         self._drop_acked(peer_received)
-        self._out.extend(frame for _, frame in self.unacked)
+        expected = peer_received + 1
+        for seq, frame in self.unacked:
+            if seq > expected:
+                self._skip(expected, seq - 1)
+            self._out.append(frame)
+            expected = seq + 1
+        if self.sent_seq >= expected:
+            self._skip(expected, self.sent_seq)
+        self._drops = [run for run in self._drops if run[1] > self.sent_seq]
+        self.linked = True
+
+    def resend_unacked(self, peer_received: int) -> None:
+        """Compatibility name for ``resume``."""
+        self.resume(peer_received)
+
+    def _skip(self, first: int, last: int) -> None:
+        nbytes = sum(run[2] for run in self._drops if run[0] >= first and run[1] <= last)
+        self.dropped_frames += last - first + 1
+        self.dropped_bytes += nbytes
+        self._out.append(self._frame(_SKIP, _SKIP_BODY.pack(last, last - first + 1, nbytes)))
 
     def _drop_acked(self, seq: int) -> None:
         while self.unacked and self.unacked[0][0] <= seq:
             _, frame = self.unacked.popleft()
+            self._droppable.popleft()
             self.unacked_bytes -= len(frame)
+        self._drops = [run for run in self._drops if run[1] > seq]
 
     # -- receiving -------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> List[Event]:
@@ -397,9 +487,43 @@ class Connection:
                                           % (event.seq, self.received_seq))
             self.received_seq = event.seq
             self._bytes_since_ack += len(payload)
+        elif isinstance(event, Skipped):
+            if event.seq < self.received_seq or event.seq - self.received_seq != event.frames:
+                raise RemoteProtocolError("the peer sent an inconsistent skip to frame %d" % event.seq)
+            self.received_seq = event.seq
         elif isinstance(event, Ack):
             if event.seq > self.sent_seq:
                 raise RemoteProtocolError("the peer acknowledged frame %d, but only %d were sent"
                                           % (event.seq, self.sent_seq))
             self._drop_acked(event.seq)
         return event
+
+
+class Heartbeat:
+    """When to ping, and when a silent link is dead. Time is a parameter: ``poll(now)``.
+
+    Any bytes from the peer count as life (a long frame in transit is not silence); the peer
+    answers pings, so a healthy idle link is never silent for more than ``interval``.
+    """
+
+    def __init__(self, interval: float, timeout: float, now: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.last_heard = now
+        self.last_ping = now
+        self.rtt: Optional[float] = None
+
+    def heard(self, now: float) -> None:
+        self.last_heard = now
+
+    def pong(self, timestamp: float, now: float) -> None:
+        self.rtt = now - timestamp
+
+    def poll(self, now: float) -> Optional[str]:
+        """``"dead"``, ``"ping"`` (send one now) or None."""
+        if now - self.last_heard > self.timeout:
+            return "dead"
+        if now - self.last_ping >= self.interval:
+            self.last_ping = now
+            return "ping"
+        return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -69,6 +70,15 @@ def run_cell(kc: BlockingKernelClient, code: str, timeout: float = 60,
     reply = kc.execute_interactive(code, timeout=timeout, output_hook=on_output,
                                    stdin_hook=on_stdin, allow_stdin=stdin_reply is not None)
     return reply["content"], outputs
+
+
+def shell_reply(kc: BlockingKernelClient, msg_id: str, timeout: float = 20) -> Dict[str, Any]:
+    """The shell reply to ``msg_id``, skipping stale ones (wait_for_ready may leave a kernel_info_reply)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply: Dict[str, Any] = kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
 
 
 def alive(pid: int) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 
-from tests.kernels import Output, alive, live_descendants, proxy_argv, run_cell, running_kernel
+from tests.kernels import Output, alive, live_descendants, proxy_argv, run_cell, running_kernel, shell_reply
 
 Kernel = Tuple[KernelManager, BlockingKernelClient]
 
@@ -51,9 +51,7 @@ def test_execute_matches_a_local_kernel(proxied: Kernel, local: Kernel, code: st
 
 
 def _shell(kc: BlockingKernelClient, method: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-    msg_id = getattr(kc, method)(*args, **kwargs)
-    reply = kc.get_shell_msg(timeout=20)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = shell_reply(kc, getattr(kc, method)(*args, **kwargs))
     content: Dict[str, Any] = reply["content"]
     return content
 
@@ -111,8 +109,8 @@ def test_two_clients_get_their_own_replies_and_both_iopub(proxied: Kernel) -> No
         second.wait_for_ready(timeout=20)
         first_id = first.execute("print('from first')")
         second_id = second.execute("print('from second')")
-        assert first.get_shell_msg(timeout=20)["parent_header"]["msg_id"] == first_id
-        assert second.get_shell_msg(timeout=20)["parent_header"]["msg_id"] == second_id
+        assert shell_reply(first, first_id)["parent_header"]["msg_id"] == first_id
+        assert shell_reply(second, second_id)["parent_header"]["msg_id"] == second_id
         for client in (first, second):
             seen = set()
             deadline = time.monotonic() + 20
@@ -154,9 +152,8 @@ def test_interrupt_during_sleep(sshd: Any, tmp_path: Path, mode: str) -> None:
         time.sleep(1.0)  # let the cell start sleeping
         started = time.monotonic()
         km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=10)
+        reply = shell_reply(kc, msg_id, timeout=10)
         assert time.monotonic() - started < 2.0
-        assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert run_cell(kc, "1 + 1")[1] == [("execute_result", {

@@ -85,6 +85,7 @@ def data_cases(big: bool) -> List[Tuple[str, Tuple[bytes, ...]]]:
 def send_everything(sender: wire.Connection, big: bool) -> List[wire.Event]:
     """Queue one of every message on ``sender``; return the events its peer must decode, in order."""
     sender.send_hello(capabilities=["resume"])
+    sender.resume(0)  # as when the peer's hello says it has nothing yet
     expected: List[wire.Event] = [wire.Hello(wire.PROTOCOL_VERSION, "proxy", "s-1", ("resume",), 0)]
     for channel, parts in data_cases(big):
         expected.append(wire.ChannelData(channel, sender.send_data(channel, parts), parts))
@@ -257,6 +258,7 @@ def test_oversized_message_is_refused_without_burning_a_seq(monkeypatch: pytest.
     # next message goes out as seq 2 and the peer resets the link with "frames were lost".
     sender = wire.Connection("proxy")
     sender.send_hello()
+    sender.resume(0)
     monkeypatch.setattr(wire, "MAX_FRAME", 128)
     with pytest.raises(wire.LocalProtocolError, match="exceeds the 128-byte frame limit"):
         sender.send_data("shell", [b"x" * 200])
@@ -277,7 +279,9 @@ def sent_frames(sender: wire.Connection, count: int) -> List[bytes]:
 def test_unacked_holds_data_until_an_ack_covers_it() -> None:
     proxy, agent = wire.Connection("proxy"), wire.Connection("agent")
     proxy.send_hello()
+    proxy.resume(0)
     agent.send_hello()
+    agent.resume(0)
     agent.receive_data(proxy.data_to_send())
     proxy.receive_data(agent.data_to_send())
     frames = sent_frames(proxy, 3)
@@ -296,21 +300,79 @@ def test_unacked_holds_data_until_an_ack_covers_it() -> None:
 def test_resend_after_a_drop_delivers_each_message_once(peer_received: int) -> None:
     sender = wire.Connection("proxy")
     sender.send_hello()
+    sender.resume(0)
     hello = sender.data_to_send()
     frames = sent_frames(sender, 5)
-    first = wire.Connection("agent")  # the link drops after this peer got `peer_received` frames
-    before = decode([hello] + frames[:peer_received], first)[1:]
-    assert first.received_seq == peer_received
+    peer = wire.Connection("agent")  # the link drops after the peer got `peer_received` frames
+    before = decode([hello] + frames[:peer_received], peer)[1:]
+    assert peer.received_seq == peer_received
 
-    second = wire.Connection("agent")
-    second.received_seq = first.received_seq
+    sender.new_link()
+    peer.new_link()  # both keep their sequence state across links
     sender.send_hello()
-    sender.resend_unacked(second.received_seq)
+    sender.resume(peer.received_seq)
     assert seqs(sender) == list(range(peer_received + 1, 6))
-    after = decode([sender.data_to_send()], second)
+    after = decode([sender.data_to_send()], peer)
     assert isinstance(after[0], wire.Hello)
     got = before + after[1:]
     assert got == [wire.ChannelData(wire.CHANNELS[i % 5], i + 1, (b"msg", b"%d" % i)) for i in range(5)]
+
+
+def test_data_waits_for_the_peers_hello() -> None:
+    sender = wire.Connection("proxy")
+    sender.send_hello()
+    sender.send_data("shell", [b"early"])
+    held = decode([sender.data_to_send()])
+    assert [type(e) for e in held] == [wire.Hello]  # nothing before resume: the peer may lack more
+    sender.resume(0)
+    assert decode([hello_bytes(), sender.data_to_send()])[1:] == [wire.ChannelData("shell", 1, (b"early",))]
+
+
+def test_overflow_drops_oldest_output_never_replies_and_reports_the_gap() -> None:
+    sender = wire.Connection("agent", max_buffer=3000)
+    sender.send_hello()  # no resume: the link is down, everything is kept for later
+    sizes = {}
+    for i in range(10):
+        channel = "shell" if i == 2 else "iopub"
+        sender.send_data(channel, [b"x" * 500])
+        sizes[i + 1] = len(sender.unacked[-1][1])
+    assert sender.unacked_bytes <= 3000
+    kept = seqs(sender)
+    assert 3 in kept and kept[-1] == 10  # the shell reply survives; the newest output too
+    peer = wire.Connection("proxy")
+    sender.new_link()
+    sender.send_hello()
+    sender.resume(0)
+    events = decode([sender.data_to_send()], peer)[1:]
+    skipped = [e for e in events if isinstance(e, wire.Skipped)]
+    delivered = [e.seq for e in events if isinstance(e, wire.ChannelData)]
+    assert delivered == kept
+    assert sum(e.frames for e in skipped) == 10 - len(kept)
+    assert sum(e.nbytes for e in skipped) == sum(sizes[i] for i in sizes if i not in kept)
+    assert peer.received_seq == 10 and sender.dropped_frames == 10 - len(kept)
+
+
+def test_inconsistent_skip_is_a_protocol_error() -> None:
+    with pytest.raises(wire.RemoteProtocolError, match="inconsistent skip"):
+        receiver().receive_data(frame(13, struct.pack(">QQQ", 5, 2, 0)))
+
+
+def test_resume_refuses_a_peer_ahead_of_us() -> None:
+    sender = wire.Connection("proxy")
+    with pytest.raises(wire.RemoteProtocolError, match="claims frame 3"):
+        sender.resume(3)
+
+
+def test_heartbeat_pings_then_declares_a_silent_link_dead() -> None:
+    beat = wire.Heartbeat(interval=1.0, timeout=5.0, now=100.0)
+    assert beat.poll(100.5) is None
+    assert beat.poll(101.0) == "ping"
+    assert beat.poll(101.5) is None
+    beat.heard(104.0)
+    assert beat.poll(108.9) == "ping"
+    assert beat.poll(109.1) == "dead"
+    beat.pong(108.9, now=109.0)
+    assert beat.rtt == pytest.approx(0.1)
 
 
 # -- properties ---------------------------------------------------------------------------------
@@ -353,6 +415,7 @@ def test_any_messages_round_trip_under_any_chunking(messages: List[Tuple[str, Li
                                                     cuts: List[int]) -> None:
     sender = wire.Connection("proxy")
     sender.send_hello()
+    sender.resume(0)
     for channel, parts in messages:
         sender.send_data(channel, parts)
     events = decode(split(sender.data_to_send(), cuts))
