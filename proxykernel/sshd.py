@@ -14,6 +14,9 @@ Client side: ``ssh -F srv.config_path ALIAS ...`` with the aliases
                        StrictHostKeyChecking left on)
 * ``pxk-badauth``    - same server, a key that is not authorized ("Permission denied")
 * ``pxk-nosuchhost`` - HostName nosuchhost.invalid (name does not resolve)
+
+add_user(NAME, sudo=...) adds ``pxk-user-NAME``: the same server, logging in as a second local
+user (made with useradd if missing), optionally with NOPASSWD sudo until stop().
 """
 
 import os
@@ -166,7 +169,9 @@ class SSHServer:
     badauth_alias = BADAUTH_ALIAS
     nosuchhost_alias = NOSUCHHOST_ALIAS
 
-    def __init__(self):
+    def __init__(self, allow_tcp_forwarding: bool = False):
+        # Only the benchmark's ssh -L comparison turns this on; tests must not need forwarding.
+        self.allow_tcp_forwarding = allow_tcp_forwarding
         self.tmpdir = None
         self.port = None
         self.pid = None
@@ -176,6 +181,7 @@ class SSHServer:
         self.config_path = self.log_path = self.sshd_config_path = None
         self.host_key_path = self.client_key_path = self.badauth_key_path = None
         self.known_hosts_path = None
+        self.sudoers_paths = []  # files in /etc/sudoers.d that add_user() wrote; stop() removes them
 
     # -- lifecycle
 
@@ -238,7 +244,7 @@ class SSHServer:
             "PasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\n"
-            "AllowTcpForwarding no\n"
+            "AllowTcpForwarding {forwarding}\n"
             "AllowStreamLocalForwarding no\n"
             "AllowAgentForwarding no\n"
             "X11Forwarding no\n"
@@ -254,6 +260,7 @@ class SSHServer:
                 port=self.port,
                 hostkey=self.host_key_path,
                 authkeys=self.authorized_keys_path,
+                forwarding="local" if self.allow_tcp_forwarding else "no",
                 extra=extra,
             ),
         )
@@ -384,9 +391,42 @@ class SSHServer:
                         raise RuntimeError("sshd processes survive SIGKILL: %s" % leftover)
                     time.sleep(POLL_INTERVAL)
             self.proc = None
+        for path in self.sudoers_paths:
+            if os.path.exists(path):
+                os.remove(path)
+        self.sudoers_paths = []
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
+
+    def add_user(self, name, sudo=False):
+        """Let local user ``name`` log in as alias ``pxk-user-NAME``; returns the alias.
+
+        A second user plays a remote user without root (tests of --sudo). The account is made
+        with ``useradd -m`` if missing and kept; ``usermod -p '*'`` unlocks it for key logins
+        (with UsePAM no, a locked '!' password refuses them). ``sudo=True`` writes a NOPASSWD
+        sudoers file, removed by stop(). sshd reads AuthorizedKeysFile as that user, so tmpdir
+        becomes traversable (0711) and the authorized keys readable; private keys stay 0600.
+        """
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, stdin=subprocess.DEVNULL)
+        subprocess.run(["usermod", "-p", "*", name], check=True, stdin=subprocess.DEVNULL)
+        os.chmod(self.tmpdir, 0o711)
+        os.chmod(self.authorized_keys_path, 0o644)
+        if sudo:
+            path = "/etc/sudoers.d/pxk-test-%s" % name
+            _write(path, "%s ALL=(ALL) NOPASSWD: ALL\n" % name, mode=0o440)
+            self.sudoers_paths.append(path)
+        alias = "pxk-user-%s" % name
+        with open(self.config_path, "a") as f:
+            # ssh takes the first value it reads, so this block's User wins over the shared one.
+            f.write("\nHost %s\n    User %s\n    HostName 127.0.0.1\n    Port %d\n    IdentityFile %s\n"
+                    "    IdentitiesOnly yes\n    BatchMode yes\n    UserKnownHostsFile %s\n"
+                    "    GlobalKnownHostsFile /dev/null\n    UpdateHostKeys no\n    LogLevel ERROR\n"
+                    % (alias, name, self.port, self.client_key_path, self.known_hosts_path))
+        return alias
 
     def __enter__(self):
         return self.start()
