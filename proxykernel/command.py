@@ -1,0 +1,246 @@
+"""The ``proxykernel`` console command: add, list, remove, check, discover, deploy, demo.
+
+A friendlier face on proxykernel/manage.py (kernelspecs), proxykernel/probe.py (looking at a
+remote host) and proxykernel/demo.py. Bad input or a failed step ends with one sentence on stderr
+and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+from proxykernel import manage
+from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
+from proxykernel.transport import SSHOptions
+
+__all__ = ["main", "build_parser"]
+
+PROG = "proxykernel"
+
+
+class CommandError(Exception):
+    """Ends the command; ``str(error)`` is the sentence the user sees."""
+
+
+def _remote_options(parser: argparse.ArgumentParser, python_required: bool = True) -> None:
+    """How to reach the remote and prepare its shell: the same flags a kernelspec stores."""
+    parser.add_argument("host", metavar="HOST", help="ssh host or alias from your ssh config")
+    if python_required:
+        parser.add_argument("--python", "-p", required=True,
+                            help="remote Python: an interpreter path, a name on PATH, or an environment prefix")
+    parser.add_argument("--workdir", "-w", metavar="DIR", help="remote directory to start in")
+    parser.add_argument("--pre-command", metavar="SHELL",
+                        help="remote sh code run first, e.g. 'module load cuda; conda activate x'")
+    parser.add_argument("-s", "--sudo", action="store_true", help="run the remote Python with sudo -n")
+    parser.add_argument("--ssh-option", "-o", action="append", default=[], metavar="NAME=VALUE",
+                        help="an option for ssh, as ssh -o takes it (repeatable)")
+    parser.add_argument("--ssh-config", "-F", metavar="FILE",
+                        help="an ssh config file to use instead of ~/.ssh/config")
+    parser.add_argument("--timeout", "-t", type=float, default=30, metavar="S",
+                        help="seconds to wait for the remote (default: 30)")
+
+
+def _kernelspec_options(parser: argparse.ArgumentParser) -> None:
+    """Where a kernelspec goes and what else its kernels get."""
+    parser.add_argument("--env", "-e", nargs="*", default=[], metavar="VAR=value",
+                        help="environment variables for the remote kernel, e.g. --env 'A=1 B=2'")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="what the proxy writes to the Jupyter server's log (default: INFO)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user (the default)")
+    where.add_argument("--sys-prefix", action="store_true",
+                       help="install into the prefix of the Python running proxykernel")
+    where.add_argument("--prefix", metavar="PREFIX", help="install into PREFIX/share/jupyter/kernels")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Jupyter kernels on remote hosts over one SSH connection.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    add = commands.add_parser("add", help="add a kernelspec for a Python on a remote host",
+                              description="Add a kernelspec that starts a kernel on HOST.")
+    _remote_options(add)
+    _kernelspec_options(add)
+    add.add_argument("--display-name", "-d", help="the name Jupyter shows (default: 'SSH HOST')")
+    add.add_argument("--name", help="the kernelspec's directory name (default: from the display name)")
+
+    commands.add_parser("list", help="list the proxykernel kernelspecs",
+                        description="List the installed kernelspecs that run proxykernel.")
+
+    remove = commands.add_parser("remove", help="remove proxykernel kernelspecs",
+                                 description="Remove proxykernel kernelspecs by name.")
+    remove.add_argument("names", nargs="+", metavar="NAME", help="a name that 'proxykernel list' shows")
+
+    check_ = commands.add_parser("check", help="check that HOST can run a kernel, step by step",
+                                 description="Connect to HOST and report each step with its time: "
+                                             "ssh, the remote Python, ipykernel, the agent cache, "
+                                             "the round-trip time.")
+    _remote_options(check_)
+
+    find = commands.add_parser("discover", help="find Pythons with ipykernel on HOST, add kernelspecs",
+                               description="List the Python environments on HOST (conda environments, "
+                                           "remote kernelspecs, PATH, --python candidates) and add "
+                                           "kernelspecs for the ones picked.")
+    _remote_options(find, python_required=False)
+    _kernelspec_options(find)
+    find.add_argument("--python", "-p", action="append", default=[], metavar="PYTHON",
+                      help="a candidate to look at too (repeatable); the first runs the search "
+                           "(default: python3)")
+    pick = find.add_mutually_exclusive_group()
+    pick.add_argument("--all", action="store_true", help="add a kernelspec for every one with ipykernel")
+    pick.add_argument("--pick", metavar="N,N", help="add kernelspecs for these numbers of the list")
+
+    deploy_ = commands.add_parser("deploy", help="install or update the agent on HOST",
+                                  description="Check the remote Python and ipykernel, and put the "
+                                              "agent in the remote cache, so kernels start without "
+                                              "sending it.")
+    _remote_options(deploy_)
+
+    commands.add_parser("demo", help="run a notebook through a proxied kernel on a private sshd",
+                        description="Start a private sshd on 127.0.0.1 with throwaway keys, run a "
+                                    "notebook through a proxied kernel, print where it ran, and "
+                                    "remove everything.")
+    return parser
+
+
+def _ssh(args: argparse.Namespace) -> SSHOptions:
+    return SSHOptions(host=args.host, config_file=args.ssh_config, options=tuple(args.ssh_option),
+                      connect_timeout=args.timeout)
+
+
+def _target(args: argparse.Namespace, python: str) -> Target:
+    return Target(args.host, python, args.sudo, args.workdir, args.pre_command)
+
+
+def _install(args: argparse.Namespace, python: str, display_name: str, name: Optional[str]) -> str:
+    """add_kernel with the stored options of ``add``/``discover``; returns the kernelspec's name."""
+    extra = ["--log-level", args.log_level] if args.log_level else []
+    return manage.add_kernel(
+        host=args.host, display_name=display_name, local_python_path=sys.executable,
+        remote_python_path=python, env=" ".join(args.env) or None, sudo=args.sudo,
+        timeout=args.timeout, name=name, prefix=sys.prefix if args.sys_prefix else args.prefix,
+        workdir=args.workdir, pre_command=args.pre_command, ssh_options=args.ssh_option,
+        ssh_config=args.ssh_config, extra=extra)
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    name = _install(args, args.python, args.display_name or "SSH %s" % args.host, args.name)
+    print("added kernelspec %s" % name)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    specs = manage.proxied_kernelspecs()
+    if not specs:
+        print("no proxykernel kernelspecs (add one with 'proxykernel add HOST --python PYTHON')")
+        return
+    _print_table([("NAME", "HOST", "PYTHON", "OPTIONS")] + [
+        (spec.name, spec.host, spec.python, shlex.join(spec.options)) for spec in specs])
+
+
+def _print_table(rows: List[Sequence[str]]) -> None:
+    """Columns padded to their widest cell; the last one is left as it is."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)] if rows else []
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+def cmd_remove(args: argparse.Namespace) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+    known = {spec.name for spec in manage.proxied_kernelspecs()}
+    for name in args.names:
+        if name not in known:
+            raise CommandError("there is no proxykernel kernelspec named %r (see 'proxykernel list')" % name)
+    for name in args.names:
+        print("removed %s (%s)" % (name, KernelSpecManager().remove_kernel_spec(name)))
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    print("checking %s with Python %s" % (args.host, args.python))
+    for step in check(_ssh(args), _target(args, args.python), args.timeout):
+        took = "%6.2f s" % step.seconds if step.seconds is not None else " " * 8
+        print("  %-4s %-10s %s  %s" % ("ok" if step.ok else "note", step.name, took, step.detail),
+              flush=True)
+    print("%s is ready for proxykernel" % args.host)
+
+
+def cmd_deploy(args: argparse.Namespace) -> None:
+    info = deploy(ssh_runner(_ssh(args), args.timeout), _target(args, args.python))
+    print(deploy_report(info))
+
+
+def _numbers(text: str) -> List[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise CommandError("--pick expects numbers from the list, such as 1,3, not %r" % text) from None
+
+
+def _picked(args: argparse.Namespace, usable: List[int]) -> List[int]:
+    """The list numbers to add: --all, --pick, or asked for on a terminal."""
+    if args.all:
+        return usable
+    if args.pick is not None:
+        numbers = _numbers(args.pick)
+    elif sys.stdin.isatty():
+        numbers = _numbers(input("add kernelspecs for which numbers (e.g. 1,3; empty for none)? "))
+    else:
+        return []
+    wrong = [n for n in numbers if n not in usable]
+    if wrong:
+        raise CommandError("number %d is not a Python with ipykernel in the list" % wrong[0])
+    return numbers
+
+
+def cmd_discover(args: argparse.Namespace) -> None:
+    if args.pick is not None:
+        _numbers(args.pick)  # a typo fails before the remote is asked
+    runner = ssh_runner(_ssh(args), args.timeout)
+    found = discover(runner, _target(args, args.python[0] if args.python else "python3"), args.python)
+    usable = [number for number, env in enumerate(found, 1) if env["ipykernel"]]
+    rows = [("%d" % number, env["source"], env["label"], "Python " + env["version"],
+             "ipykernel " + env["ipykernel"] if env["ipykernel"] else "no ipykernel", env["python"])
+            for number, env in enumerate(found, 1)]
+    _print_table(rows)
+    if not found:
+        print("no Python found on %s: pass --python with an interpreter's path" % args.host)
+    chosen = _picked(args, usable)
+    if not chosen and usable and args.pick is None and not args.all:
+        print("pass --all, or --pick with numbers, to add kernelspecs")
+    for number in chosen:
+        env = found[number - 1]
+        name = _install(args, env["python"], "SSH %s (%s)" % (args.host, env["label"]), None)
+        print("added kernelspec %s for %s" % (name, env["python"]))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from proxykernel import demo
+    code = demo.main()
+    if code:
+        sys.exit(code)
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
+    "add": cmd_add, "list": cmd_list, "remove": cmd_remove, "check": cmd_check,
+    "discover": cmd_discover, "deploy": cmd_deploy, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``proxykernel`` console script (setup.cfg)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (CommandError, ProbeFailed, ValueError, OSError) as error:
+        sys.stdout.flush()
+        sys.stderr.write("%s %s: error: %s\n" % (PROG, args.command, error))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
