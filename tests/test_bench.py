@@ -1,0 +1,55 @@
+"""The benchmark runs end to end with tiny sizes and reports every figure (not a timed test)."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, List
+
+from bench.report import FIGURES, WAN_FIGURES, compare, table, targets, wan_table
+from bench.run import VARIANTS, Bench, Sizes
+
+TINY = Sizes(starts=1, restarts=1, pass_count=10, comm_count=3, stdout_bytes=256 * 1024, stdout_reps=1,
+             display_bytes=256 * 1024, display_reps=1, concurrent=2, ssh_true=1, wan_starts=1,
+             wan_pass_count=3, warm_up=False)
+
+# What each variant must report: the cold start's steady state is the warm one's, so it has none,
+# and only proxied kernels have a remote agent.
+STEADY = {"pass_ms", "pass_p99_ms", "comm_ms", "stdout_mb_s", "display_mb_s"}
+EXPECTED = {
+    "local": {"start_s", "restart_s", "concurrent_s"} | STEADY,
+    "sshl": {"start_s", "restart_s", "concurrent_s", "local_rss_mb", "local_ssh_rss_mb"} | STEADY,
+    "cold": {"start_s", "restart_s", "concurrent_s"},
+    "warm": {key for key, _, _, _ in FIGURES},
+}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value) and value > 0
+
+
+def test_a_tiny_run_reports_every_figure() -> None:
+    lines: List[str] = []
+    with Bench(TINY, VARIANTS, wan=True, say=lines.append) as bench:
+        result: Dict[str, Any] = json.loads(json.dumps(bench.run()))
+    for variant in VARIANTS:
+        figures = result["figures"][variant]
+        assert EXPECTED[variant] <= set(figures), (variant, sorted(figures))
+        bad = {key: value for key, value in figures.items() if not _positive(value)}
+        assert not bad, (variant, bad)
+        assert result["failures"][variant]["concurrent"] == 0
+    wan = result["wan"]
+    for key, _, _, _ in WAN_FIGURES:
+        if key.endswith("_rtts") and key != "ssh_true_rtts":
+            assert isinstance(wan[key], float)  # a difference of times: may be small or negative
+        else:
+            assert _positive(wan[key]), (key, wan.get(key))
+    assert _positive(result["reference"]["ssh_true_s"])
+
+    text = table(result) + wan_table(result) + targets(result)
+    assert "(d) pxk warm" in text and "emulated WAN" in text
+    assert compare(result, result, 0.1) == []
+    slower = json.loads(json.dumps(result))
+    slower["figures"]["warm"]["pass_ms"] /= 2  # the baseline was twice as fast
+    slower["figures"]["warm"]["stdout_mb_s"] *= 2
+    worse = compare(result, slower, 0.1)
+    assert len(worse) == 2 and all("warm" in line for line in worse)
