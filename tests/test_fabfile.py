@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, List
@@ -12,7 +13,7 @@ from tests.userland import one_error, run, user_env
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _fab(config: str, tmp_path: Path, *args: str) -> "Any":
+def _fab(config: str, tmp_path: Path, *args: str) -> "subprocess.CompletedProcess[str]":
     return run(["fab", "--search-root", str(ROOT), "-S", config, "deploy-agent", *args], user_env(tmp_path))
 
 

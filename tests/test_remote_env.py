@@ -60,7 +60,8 @@ def test_workdir_under_the_remote_home(sshd: Any, tmp_path: Path) -> None:
 def test_missing_workdir_and_failing_pre_command_are_one_sentence(sshd: Any, tmp_path: Path) -> None:
     [line] = _error_lines(_run_proxy(sshd, tmp_path, sshd.alias, sys.executable, "--workdir", "/no/such/dir"))
     assert "the --workdir is not a directory there" in line
-    [line] = _error_lines(_run_proxy(sshd, tmp_path, sshd.alias, sys.executable, "--pre-command", "module load nothing 2>/dev/null || (exit 7)"))
+    failing = "module load nothing 2>/dev/null || (exit 7)"
+    [line] = _error_lines(_run_proxy(sshd, tmp_path, sshd.alias, sys.executable, "--pre-command", failing))
     assert "the --pre-command exited with status 7" in line
 
 
