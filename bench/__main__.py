@@ -67,6 +67,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("\ncompared with %s (tolerance %.0f%%): %s"
               % (args.baseline, 100 * args.tolerance, "%d figure(s) got worse" % len(worse) if worse
                  else "nothing got worse"))
+        if baseline.get("meta", {}).get("sizes") != result["meta"]["sizes"]:
+            print("  note: the baseline ran with other sizes (--quick or --concurrent differ): "
+                  "compare like with like")
         for line in worse:
             print("  " + line)
         if worse and args.strict:
