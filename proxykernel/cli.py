@@ -57,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                         help="how the remote kernel binds its sockets: ipc (unix sockets in a private "
                              "directory, default) or tcp on 127.0.0.1")
+    survive = parser.add_argument_group("surviving network trouble")
+    survive.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="S",
+                         help="seconds between pings on the ssh stream (default: 1)")
+    survive.add_argument("--heartbeat-timeout", type=float, default=5.0, metavar="S",
+                         help="a link silent this long is dead and is reconnected (default: 5)")
+    survive.add_argument("--reconnect-timeout", type=float, default=600.0, metavar="S",
+                         help="give up reconnecting after this long; the kernel is then reported dead "
+                              "(default: 600)")
+    survive.add_argument("--linger", type=float, default=3600.0, metavar="S",
+                         help="the remote agent keeps the kernel this long with no proxy attached "
+                              "(default: 3600)")
+    survive.add_argument("--buffer-size", type=float, default=256.0, metavar="MB",
+                         help="output kept for replay after an outage, per side; beyond it the oldest "
+                              "output is dropped and the notebook is told (default: 256)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO")
     parser.add_argument("--agent-source", help=argparse.SUPPRESS)  # tests ship a modified agent
@@ -77,7 +91,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = ProxyConfig(host=args.host, python=args.python, connection_file=args.connection_file,
                          timeout=args.timeout, env=env, sudo=args.sudo, ssh=ssh,
                          transport=args.transport, agent_source=args.agent_source,
-                         workdir=args.workdir, pre_command=args.pre_command)
+                         workdir=args.workdir, pre_command=args.pre_command,
+                         heartbeat_interval=args.heartbeat_interval,
+                         heartbeat_timeout=args.heartbeat_timeout,
+                         reconnect_timeout=args.reconnect_timeout, linger=args.linger,
+                         buffer_size=int(args.buffer_size * 1024 * 1024))
 
     async def run() -> int:
         return await Proxy(config).run()

@@ -20,7 +20,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from proxykernel.bootstrap import (CACHE_ONLY, AgentBundle, BootReader, BootReply, agent_bundle,
                                    remote_command, remote_python_command)
-from proxykernel.proxy import ProxyConfig, _boot_error
+from proxykernel.proxy import ProxyConfig, boot_error
 from proxykernel.transport import SSHOptions, explain_ssh_failure, ssh_argv
 
 __all__ = ["Target", "RemoteResult", "Runner", "ProbeFailed", "Step", "ssh_runner", "probe_command",
@@ -131,7 +131,7 @@ def _failure(target: Target, reply: Optional[BootReply], code: Optional[int], st
     """The proxy's own sentence for what went wrong before a script could answer."""
     if reply is None:  # ssh, or sudo, ended before any script spoke
         return ProbeFailed(explain_ssh_failure(target.host, stderr.splitlines(), code))
-    return ProbeFailed(_boot_error(reply, ProxyConfig(host=target.host, python=target.python,
+    return ProbeFailed(boot_error(reply, ProxyConfig(host=target.host, python=target.python,
                                                       connection_file="")))
 
 

@@ -24,7 +24,7 @@ from proxykernel.frontend import ConnectionFileError, Frontend, load_connection_
 from proxykernel.transport import SSHOptions, SSHTransport, explain_ssh_failure, ssh_argv
 from remote_agent import wire
 
-__all__ = ["ProxyConfig", "Proxy", "StartupError"]
+__all__ = ["ProxyConfig", "Proxy", "StartupError", "boot_error", "kernel_id"]
 
 log = logging.getLogger("proxykernel")
 
@@ -71,7 +71,7 @@ def _drop_notice(frames: int, nbytes: int, cap: int) -> str:
             % (frames, nbytes / 1e6, cap // (1024 * 1024)))
 
 
-def _boot_error(reply: BootReply, config: ProxyConfig) -> str:
+def boot_error(reply: BootReply, config: ProxyConfig) -> str:
     """The sentence for a bootstrap's ``ERR`` line."""
     words = reply.words
     what = words[0] if words else ""
@@ -132,8 +132,6 @@ class Proxy:
                              "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
                              "kernel_name": info.get("kernel_name", ""),
                              "transport": self.config.transport}
-        if self.config.workdir:
-            self.start_config["cwd"] = self.config.workdir
         agent_args = ["--id", kernel_id(str(info["key"]), self.config.connection_file),
                       "--linger", "%g" % self.config.linger, "--buffer", str(self.config.buffer_size),
                       "--ping", "%g" % self.config.heartbeat_interval,
@@ -266,7 +264,7 @@ class Proxy:
 
     def booted(self, reply: BootReply) -> None:
         if reply.status == "ERR":
-            self.fail(_boot_error(reply, self.config))
+            self.fail(boot_error(reply, self.config))
             return
         assert self.ssh is not None
         if reply.status == "NEED":

@@ -321,7 +321,9 @@ class Agent:
             if self.kernel is not None and idle > self.options.linger:
                 self.log("no proxy attached for %.0f s (--linger): stopping the kernel" % idle)
                 self.exit_code = 0
-            elif self.kernel is None and idle > min(IDLE_EXIT, self.options.linger):
+            elif self.kernel is None and idle > (self.options.linger if self.exited_code is not None
+                                                 else min(IDLE_EXIT, self.options.linger)):
+                # An exit not yet reported waits for the proxy as long as a kernel would.
                 self.exit_code = 0
 
     # -- the attached stream -----------------------------------------------------------------
@@ -468,7 +470,7 @@ class Agent:
                 # stdout only carries ipykernel's console banner (cell output goes over IOPub).
                 [sys.executable, "-m", "ipykernel_launcher", "-f", fname], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                cwd=config.get("cwd") or None, start_new_session=True)
+                start_new_session=True)  # cwd: where the remote shell cd-ed (--workdir)
         except OSError as error:
             self.conn.send_error("could not start the kernel on %s: %s" % (socket.gethostname(), error))
             self.kernel = None
