@@ -53,7 +53,7 @@ else:
  os.replace(t,f)
 if sys.argv[2:]==["--cache-only"]:sys.exit(0)
 sys.path.insert(0,f)
-import remote_agent.agent as a
+import remote_agent.attach as a
 a.main(sys.argv[2:])
 '''
 

@@ -1,17 +1,12 @@
-"""The remote agent: one detached daemon per kernel, and the small process each ssh session runs.
+"""The remote agent's daemon: one per kernel, detached, outliving ssh sessions.
 
-Started by the bootstrap that the local proxy runs over ssh (``proxykernel/bootstrap.py``), on the
-Python the user chose, so the kernel runs on that same interpreter:
+Forked by ``remote_agent.attach`` (what each ssh session runs) on the Python the user chose, so the
+kernel runs on that same interpreter. It launches ipykernel, bridges its five channels to whichever
+stream is attached, keeps what the proxy has not acknowledged for replay, and stops the kernel after
+``--linger`` seconds with no proxy attached.
 
-- ``main`` is what the ssh session runs. It finds the kernel's daemon by its unix socket (in a 0700
-  per-user directory), starts it if there is none, and pumps bytes between ssh's stdin/stdout and
-  the socket. When ssh dies, only this process goes; the daemon and the kernel stay.
-- ``daemon_main`` is the daemon (its own session): it launches ipykernel, bridges its five channels
-  to whichever stream is attached, keeps what the proxy has not acknowledged for replay, and stops
-  the kernel after ``--linger`` seconds with no proxy attached.
-
-Self-contained: stdlib, pyzmq and jupyter_client (which ipykernel already brings); Python >= 3.8
-syntax; a ``zmq.Poller`` loop, no tornado.
+Self-contained: stdlib and pyzmq (which ipykernel already brings); Python >= 3.8 syntax; a
+``zmq.Poller`` loop, no tornado.
 """
 from __future__ import annotations
 
@@ -22,27 +17,24 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import zmq
-from jupyter_client.connect import write_connection_file
 
 from remote_agent import wire
+from remote_agent.attach import connect, options, socket_path
 
-__all__ = ["main", "daemon_main", "Agent", "runtime_dir"]
+__all__ = ["daemon_main", "Agent"]
 
 POLL_MS = 100  # how often timers (heartbeat, linger, kernel exit) are checked when all is quiet
 KILL_GRACE = 3.0  # seconds a kernel gets to exit after SIGTERM before SIGKILL
 DRAIN_SECONDS = 0.3  # after the kernel exits, how long its last messages (shutdown_reply) may trail
 IDLE_EXIT = 30.0  # a daemon with no kernel and no proxy for this long exits (a restart never came)
-DAEMON_START = 10.0  # how long the ssh-side process waits for a new daemon's socket
 READ_SIZE = 1 << 20
 LOG_BACKLOG = 200  # log lines kept while no proxy is attached
 
@@ -52,137 +44,23 @@ def _stderr(message: str) -> None:
     sys.stderr.flush()
 
 
-def _options(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="remote_agent")
-    parser.add_argument("--id", required=True, help="the kernel's id: names its socket")
-    parser.add_argument("--linger", type=float, default=3600.0)
-    parser.add_argument("--ping", type=float, default=1.0)
-    parser.add_argument("--dead", type=float, default=5.0)
-    parser.add_argument("--buffer", type=int, default=256 * 1024 * 1024)
-    return parser.parse_args(argv)
-
-
-def runtime_dir() -> str:
-    """The per-user 0700 directory for daemon sockets and logs; refuses one someone else controls."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or ""
-    if base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60:
-        path = os.path.join(base, "proxykernel")
-    else:
-        path = os.path.join(tempfile.gettempdir(), "proxykernel-%d" % os.getuid())
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise SystemExit("proxykernel-agent: %s is not a private directory of this user (mode %o); "
-                         "remove it and try again" % (path, stat.S_IMODE(info.st_mode)))
-    return path
-
-
-def _take_stdio() -> Tuple[int, int]:
-    """Keep fds 0/1 for the protocol and point the originals at /dev/null, so that a stray print
-    (ours or a library's) can never corrupt the stream."""
-    stream_in, stream_out = os.dup(0), os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-    sys.stdout = sys.stderr
-    return stream_in, stream_out
-
-
-# -- the ssh session's process ---------------------------------------------------------------
-def main(argv: List[str]) -> None:
-    """Run by the bootstrap in each ssh session: attach this stream to the kernel's daemon."""
-    options = _options(argv)
-    stream_in, stream_out = _take_stdio()
-    directory = runtime_dir()
-    path = os.path.join(directory, options.id + ".sock")
-    sock = _connect(path)
-    if sock is None:
-        sock = _start_daemon(path, os.path.join(directory, options.id + ".log"), argv)
-    _pump(stream_in, stream_out, sock)
-
-
-def _connect(path: str) -> Optional[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        return None
-    return sock
-
-
-def _start_daemon(path: str, log_path: str, argv: List[str]) -> socket.socket:
-    # The daemon imports us from the same place (the cached agent zip, or a source tree).
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "from remote_agent.agent import daemon_main; daemon_main(sys.argv[2:])")
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        subprocess.Popen([sys.executable, "-c", code, here] + argv, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=log_fd, start_new_session=True)
-    finally:
-        os.close(log_fd)
-    deadline = time.monotonic() + DAEMON_START
-    while time.monotonic() < deadline:
-        sock = _connect(path)
-        if sock is not None:
-            return sock
-        time.sleep(0.01)
-    with open(log_path, errors="replace") as log_file:
-        sys.stderr.write(log_file.read()[-4000:])
-    raise SystemExit("proxykernel-agent: the agent daemon did not start within %.0f s" % DAEMON_START)
-
-
-def _pump(stream_in: int, stream_out: int, sock: socket.socket) -> None:
-    """Copy bytes both ways until either side ends; then this process (only) exits."""
-    def upstream() -> None:
-        try:
-            while True:
-                data = os.read(stream_in, READ_SIZE)
-                if not data:
-                    break
-                sock.sendall(data)
-        except OSError:
-            pass
-        try:
-            sock.shutdown(socket.SHUT_WR)  # the daemon sees the stream end and waits for another
-        except OSError:
-            pass
-
-    threading.Thread(target=upstream, daemon=True).start()
-    try:
-        while True:
-            data = sock.recv(READ_SIZE)
-            if not data:
-                break
-            view = memoryview(data)
-            while view:
-                view = view[os.write(stream_out, view):]
-    except OSError:
-        pass
-    os._exit(0)
-
-
 # -- the daemon ------------------------------------------------------------------------------
 def daemon_main(argv: List[str]) -> None:
-    options = _options(argv)
-    path = os.path.join(runtime_dir(), options.id + ".sock")
+    """The daemon's entry point, in the process ``attach`` forked for it."""
+    opts = options(argv)
+    path = socket_path(opts.id)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(path)
     except OSError as error:
-        if error.errno != errno.EADDRINUSE or _connect(path) is not None:
+        if error.errno != errno.EADDRINUSE or connect(path) is not None:
             raise SystemExit("proxykernel-agent: cannot listen on %s: %s" % (path, error))
         os.unlink(path)  # a stale socket from a daemon that died: take its place
         listener.bind(path)
     listener.listen(4)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        code = Agent(listener, options).run()
+        code = Agent(listener, opts).run()
     finally:
         listener.close()
         for leftover in (path, path[:-len(".sock")] + ".log"):
@@ -203,6 +81,31 @@ def _private_dir() -> str:
     if not (base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60):
         base = tempfile.gettempdir()
     return tempfile.mkdtemp(prefix="pxk-", dir=base)  # mkdtemp makes it 0700
+
+
+def _free_tcp_ports(count: int) -> List[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _write_connection_file(fname: str, transport: str, ip: str, config: Dict[str, Any]) -> Dict[str, Any]:
+    """What jupyter_client.write_connection_file writes, without importing it (it costs 0.1 s of
+    every start): 0600 from creation, in our 0700 directory."""
+    names = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+    ports = list(range(1, 6)) if transport == "ipc" else _free_tcp_ports(5)
+    info: Dict[str, Any] = dict(zip(names, ports))
+    info.update(ip=ip, transport=transport, key=config["key"],
+                signature_scheme=config.get("signature_scheme", "hmac-sha256"),
+                kernel_name=config.get("kernel_name", ""))
+    fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(info, handle)
+    return info
 
 
 def _ipykernel_version() -> str:
@@ -242,6 +145,7 @@ class Agent:
     """The daemon's state: the kernel process, its ZMQ sockets, and at most one attached stream."""
 
     def __init__(self, listener: socket.socket, options: argparse.Namespace) -> None:
+        """Called by ``daemon_main`` with its listening socket and the proxy's options."""
         self.listener = listener
         self.options = options
         self.conn = wire.Connection("agent", max_buffer=options.buffer)
@@ -459,10 +363,7 @@ class Agent:
         fname = os.path.join(self.connection_dir, "kernel.json")
         transport = config.get("transport", "ipc")
         ip = os.path.join(self.connection_dir, "k") if transport == "ipc" else "127.0.0.1"
-        _, self.connection_info = write_connection_file(
-            fname, ip=ip, transport=transport, key=config["key"].encode("ascii"),
-            signature_scheme=config.get("signature_scheme", "hmac-sha256"),
-            kernel_name=config.get("kernel_name", ""))
+        self.connection_info = _write_connection_file(fname, transport, ip, config)
         env = dict(os.environ)
         env.update(config.get("env", {}))
         try:

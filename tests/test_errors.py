@@ -1,8 +1,6 @@
 """Every way a start can fail ends within --timeout, non-zero, with one sentence naming cause and fix."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +9,6 @@ import venv
 from pathlib import Path
 from typing import Any, List
 
-import pytest
 
 import remote_agent
 

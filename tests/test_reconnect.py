@@ -7,7 +7,9 @@ signalled by PID, read from /proc.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from jupyter_client import BlockingKernelClient, KernelManager
 
 from proxykernel.proxy import kernel_id
 from proxykernel.sshd import descendants, read_stat
-from remote_agent.agent import runtime_dir
+from remote_agent.attach import runtime_dir
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel, shell_reply
 
 FAST = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"]
@@ -48,6 +50,20 @@ def host_pid(sshd: Any, ns_pid: int) -> int:
         if nspids and nspids[0][-1] == str(ns_pid):
             return pid
     raise AssertionError("no process with namespace pid %d under the test sshd" % ns_pid)
+
+
+def pump_pid(daemon: int) -> int:
+    """The ssh session's pump process currently attached to ``daemon``: the peer of the daemon's
+    accepted unix socket, from ``ss`` (the daemon is detached, so it is no child of the pump)."""
+    rows = [line.split() for line in subprocess.run(["ss", "-xpnH"], capture_output=True, text=True,
+                                                    check=True).stdout.splitlines()]
+    pid_of = {row[5]: re.findall(r"pid=(\d+)", " ".join(row[8:])) for row in rows if len(row) > 8}
+    for row in rows:
+        if len(row) > 8 and row[4].endswith(".sock") and "pid=%d," % daemon in " ".join(row[8:]):
+            peers = pid_of.get(row[7])
+            if peers:
+                return int(peers[0])
+    raise AssertionError("no process is attached to the agent daemon %d" % daemon)
 
 
 def remote_pid(kc: BlockingKernelClient, sshd: Any) -> int:
@@ -126,7 +142,7 @@ def test_hung_remote_is_detected_and_recovered(sshd: Any, tmp_path: Path) -> Non
     with running_kernel(proxy_argv(sshd, extra=FAST), tmp_path) as (km, kc):
         kernel = remote_pid(kc, sshd)
         daemon = read_stat(kernel)[2]  # type: ignore[index]
-        attach = read_stat(daemon)[2]  # type: ignore[index]  # the ssh session's pump process
+        attach = pump_pid(daemon)
         first_ssh = ssh_child(km)
         msg_id = kc.execute(PRINT_EVERY_20MS.format(n=250))
         time.sleep(1.0)

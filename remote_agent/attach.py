@@ -1,0 +1,162 @@
+"""What each ssh session runs on the remote: attach this stream to the kernel's daemon.
+
+Started by the bootstrap (``proxykernel/bootstrap.py``). It finds the kernel's daemon by its unix
+socket in a 0700 per-user directory, forks one if there is none, and pumps bytes between ssh's
+stdin/stdout and the socket. When ssh dies only this process goes; the daemon and the kernel stay.
+Stdlib only, and small: it runs on every (re)connection, so it must start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import stat
+import sys
+import tempfile
+import threading
+import time
+from typing import List, Optional, Tuple
+
+__all__ = ["main", "connect", "options", "runtime_dir", "socket_path"]
+
+DAEMON_START = 10.0  # how long we wait for a new daemon's socket
+READ_SIZE = 1 << 20
+
+
+def options(argv: List[str]) -> argparse.Namespace:
+    """The agent's arguments, as the proxy writes them (``proxy.Proxy.run``)."""
+    parser = argparse.ArgumentParser(prog="remote_agent")
+    parser.add_argument("--id", required=True, help="the kernel's id: names its socket")
+    parser.add_argument("--linger", type=float, default=3600.0)
+    parser.add_argument("--ping", type=float, default=1.0)
+    parser.add_argument("--dead", type=float, default=5.0)
+    parser.add_argument("--buffer", type=int, default=256 * 1024 * 1024)
+    return parser.parse_args(argv)
+
+
+def runtime_dir() -> str:
+    """The per-user 0700 directory for daemon sockets and logs; refuses one someone else controls."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or ""
+    if base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60:
+        path = os.path.join(base, "proxykernel")
+    else:
+        path = os.path.join(tempfile.gettempdir(), "proxykernel-%d" % os.getuid())
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SystemExit("proxykernel-agent: %s is not a private directory of this user (mode %o); "
+                         "remove it and try again" % (path, stat.S_IMODE(info.st_mode)))
+    return path
+
+
+def socket_path(kernel_id: str) -> str:
+    return os.path.join(runtime_dir(), kernel_id + ".sock")
+
+
+def _take_stdio() -> Tuple[int, int]:
+    """Keep fds 0/1 for the protocol and point the originals at /dev/null, so that a stray print
+    (ours or a library's) can never corrupt the stream."""
+    stream_in, stream_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+    return stream_in, stream_out
+
+
+def main(argv: List[str]) -> None:
+    """Run by the bootstrap in each ssh session."""
+    opts = options(argv)
+    stream_in, stream_out = _take_stdio()
+    path = socket_path(opts.id)
+    sock = connect(path)
+    if sock is None:
+        sock = _start_daemon(path, argv, (stream_in, stream_out))
+    _pump(stream_in, stream_out, sock)
+
+
+def connect(path: str) -> Optional[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _start_daemon(path: str, argv: List[str], stream_fds: Tuple[int, int]) -> socket.socket:
+    """Fork the daemon (cheaper than a new interpreter), detached in its own session."""
+    log_path = path[:-len(".sock")] + ".log"
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            os.setsid()
+            if os.fork():  # the daemon must not be our child: we exit first, it must not linger as one
+                os._exit(0)
+            for fd in stream_fds:  # holding ssh's pipes would keep the ssh session open forever
+                os.close(fd)
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(log_fd, 2)
+            os.close(log_fd)
+            from remote_agent.agent import daemon_main
+            daemon_main(argv)
+            code = 0
+        except SystemExit as stop:
+            if isinstance(stop.code, str):
+                sys.stderr.write(stop.code + "\n")
+            code = stop.code if isinstance(stop.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.waitpid(child, 0)
+    deadline = time.monotonic() + DAEMON_START
+    while time.monotonic() < deadline:
+        sock = connect(path)
+        if sock is not None:
+            return sock
+        time.sleep(0.005)
+    try:
+        with open(log_path, errors="replace") as log_file:
+            sys.stderr.write(log_file.read()[-4000:])
+    except OSError:
+        pass
+    raise SystemExit("proxykernel-agent: the agent daemon did not start within %.0f s" % DAEMON_START)
+
+
+def _pump(stream_in: int, stream_out: int, sock: socket.socket) -> None:
+    """Copy bytes both ways until either side ends; then this process (only) exits."""
+    def upstream() -> None:
+        try:
+            while True:
+                data = os.read(stream_in, READ_SIZE)
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the daemon sees the stream end and waits for another
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, daemon=True).start()
+    try:
+        while True:
+            data = sock.recv(READ_SIZE)
+            if not data:
+                break
+            view = memoryview(data)
+            while view:
+                view = view[os.write(stream_out, view):]
+    except OSError:
+        pass
+    os._exit(0)
