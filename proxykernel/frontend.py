@@ -14,35 +14,11 @@ import zmq
 from jupyter_client.session import Session
 from zmq.eventloop.zmqstream import ZMQStream
 
+from proxykernel.config import ConnectionFileError, load_connection_file
+
 __all__ = ["Frontend", "load_connection_file", "ConnectionFileError"]
 
 log = logging.getLogger("proxykernel")
-
-_REQUIRED = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "ip", "key",
-             "transport")
-
-
-class ConnectionFileError(Exception):
-    """The connection file Jupyter gave us cannot be used; the message says why."""
-
-
-def load_connection_file(path: str) -> Dict[str, object]:
-    """Read and check Jupyter's connection file, with one clear sentence for each way it is bad."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            info = json.load(handle)
-    except FileNotFoundError:
-        raise ConnectionFileError("the connection file %s does not exist" % path) from None
-    except (OSError, ValueError) as error:
-        raise ConnectionFileError("the connection file %s cannot be read as JSON: %s"
-                                  % (path, error)) from None
-    if not isinstance(info, dict):
-        raise ConnectionFileError("the connection file %s does not hold a JSON object" % path)
-    missing = [name for name in _REQUIRED if name not in info]
-    if missing:
-        raise ConnectionFileError("the connection file %s lacks %s" % (path, ", ".join(missing)))
-    return info
-
 
 MessageHandler = Callable[[str, List[bytes]], None]
 

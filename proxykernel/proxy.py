@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
-import os
 import signal
+import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import zmq
 
-from proxykernel.bootstrap import AgentBundle, BootReader, BootReply, agent_bundle, remote_command
-from proxykernel.frontend import ConnectionFileError, Frontend, load_connection_file
-from proxykernel.transport import SSHOptions, SSHTransport, explain_ssh_failure, ssh_argv
+from proxykernel.bootstrap import AgentBundle, BootReader, BootReply, agent_bundle
+from proxykernel.config import (ConnectionFileError, ProxyConfig, kernel_id, load_connection_file,
+                                ssh_command)
+from proxykernel.frontend import Frontend
+from proxykernel.transport import SSHTransport, explain_ssh_failure
 from remote_agent import wire
 
-__all__ = ["ProxyConfig", "Proxy", "StartupError", "boot_error", "kernel_id"]
+__all__ = ["ProxyConfig", "Proxy", "boot_error", "kernel_id"]
 
 log = logging.getLogger("proxykernel")
 
@@ -32,37 +32,6 @@ BACKOFF = (0.0, 0.5, 1.0, 2.0, 4.0, 5.0)  # seconds before each reconnect attemp
 TICK = 0.25  # how often the heartbeat and the reconnect deadline are checked
 SSH_EXIT_GRACE = 5.0  # after EOF, how long the agent may take to stop its kernel and clean up
 SHUTDOWN_GRACE = 8.0  # the agent's SIGTERM-then-SIGKILL takes up to 3 s; then we stop waiting
-
-
-class StartupError(Exception):
-    """The kernel could not be started; ``str(error)`` is the one sentence the user sees."""
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    host: str
-    python: str
-    connection_file: str
-    timeout: float = 30.0
-    env: Dict[str, str] = field(default_factory=dict)
-    sudo: bool = False
-    ssh: SSHOptions = field(default_factory=lambda: SSHOptions(host=""))
-    transport: str = "ipc"  # how the remote kernel's own sockets are bound: ipc, or tcp on 127.0.0.1
-    agent_source: Optional[str] = None  # a remote_agent directory to ship instead of ours (tests)
-    workdir: Optional[str] = None  # the remote directory the kernel starts in
-    pre_command: Optional[str] = None  # remote shell code run before the agent (module load, ...)
-    heartbeat_interval: float = 1.0  # seconds between pings on the stream
-    heartbeat_timeout: float = 5.0  # a link silent this long is dead (so noticed within ~6 s)
-    reconnect_timeout: float = 600.0  # give up reconnecting after this long
-    linger: float = 3600.0  # the remote agent keeps a kernel this long with no proxy attached
-    buffer_size: int = 256 * 1024 * 1024  # replay buffer cap, each side, in bytes
-
-
-def kernel_id(key: str, connection_file: str) -> str:
-    """Names the remote agent of this kernel: stable across Jupyter's restarts (same file and
-    key), different for every other kernel, and revealing nothing about the key."""
-    digest = hashlib.sha256(b"proxykernel\0%s\0%s" % (key.encode(), os.path.abspath(connection_file).encode()))
-    return digest.hexdigest()[:24]
 
 
 def _drop_notice(frames: int, nbytes: int, cap: int) -> str:
@@ -98,8 +67,10 @@ class Proxy:
     what frontends send waits in the replay buffer); it ends when the kernel exits or on failure.
     """
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, first_ssh: "Optional[subprocess.Popen[bytes]]" = None) -> None:
+        """``first_ssh``: the ssh that ``cli.main`` started before the heavy imports, if any."""
         self.config = config
+        self.first_ssh = first_ssh
         self.context = zmq.Context()
         self.conn = wire.Connection("proxy", session=uuid.uuid4().hex, max_buffer=config.buffer_size)
         self.bundle: AgentBundle = agent_bundle(config.agent_source)
@@ -127,18 +98,15 @@ class Proxy:
             self.frontend = Frontend(info, self.from_frontend, self.context)
         except (ConnectionFileError, zmq.ZMQError) as error:
             log.error("%s", error)
+            if self.first_ssh is not None:
+                self.first_ssh.kill()
+                self.first_ssh.wait()
             return 1
         self.start_config = {"key": str(info["key"]), "env": self.config.env,
                              "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
                              "kernel_name": info.get("kernel_name", ""),
                              "transport": self.config.transport}
-        agent_args = ["--id", kernel_id(str(info["key"]), self.config.connection_file),
-                      "--linger", "%g" % self.config.linger, "--buffer", str(self.config.buffer_size),
-                      "--ping", "%g" % self.config.heartbeat_interval,
-                      "--dead", "%g" % self.config.heartbeat_timeout]
-        command = remote_command(self.config.python, self.bundle, self.config.sudo, agent_args,
-                                 pre_command=self.config.pre_command, workdir=self.config.workdir)
-        self.argv = ssh_argv(self.config.ssh, command)
+        self.argv = ssh_command(self.config, str(info["key"]))
         log.info("connecting to %s", self.config.host)
         self.connect()
         timer = loop.call_later(self.config.timeout, self.startup_timeout)
@@ -176,8 +144,9 @@ class Proxy:
         asyncio.ensure_future(self._start(transport))
 
     async def _start(self, transport: SSHTransport) -> None:
+        popen, self.first_ssh = self.first_ssh, None
         try:
-            await transport.start()
+            await transport.start(popen)
         except OSError as error:
             self.fail("cannot run %r: %s" % (self.config.ssh.ssh, error))
 

@@ -11,10 +11,14 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
-__all__ = ["SSHOptions", "SSHTransport", "ssh_argv", "explain_ssh_failure"]
+__all__ = ["SSHOptions", "SSHTransport", "ssh_argv", "spawn_ssh", "explain_ssh_failure"]
+
+EXIT_WAIT = 2.0  # after ssh closes its stdout, how long it may take to exit before we kill it
 
 log = logging.getLogger("proxykernel")
 
@@ -72,31 +76,34 @@ def explain_ssh_failure(host: str, stderr_lines: Sequence[str], returncode: Opti
     return "ssh to %r ended with exit code %s before the kernel started (%s)" % (host, returncode, last)
 
 
-class _SSHProtocol(asyncio.SubprocessProtocol):
-    def __init__(self, transport: "SSHTransport") -> None:
-        self.owner = transport
-        self._stderr_tail = b""
+def spawn_ssh(argv: List[str]) -> "subprocess.Popen[bytes]":
+    """Start ssh now, with pipes; ``SSHTransport.start`` adopts it into the event loop later.
 
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if fd == 1:
-            self.owner.on_data(data)
-            return
-        lines = (self._stderr_tail + data).split(b"\n")
-        self._stderr_tail = lines.pop()
-        for line in lines:
-            self.owner.on_stderr(line.decode("utf-8", "replace").rstrip("\r"))
+    Its own session: Jupyter signals our whole process group on interrupt, and a SIGINT must
+    become an interrupt frame, not kill the connection.
+    """
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self, on_data: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+        self.on_data = on_data
+        self.on_eof = on_eof
+
+    def data_received(self, data: bytes) -> None:
+        self.on_data(data)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        # Called once the process has exited AND its pipes are drained (process_exited can come
-        # before the last stderr lines, which we need to explain a failure).
-        if self._stderr_tail:
-            self.owner.on_stderr(self._stderr_tail.decode("utf-8", "replace"))
-            self._stderr_tail = b""
-        self.owner.process_exited()
+        self.on_eof()
 
 
 class SSHTransport:
-    """Runs one ``ssh``; reports stdout bytes, stderr lines and exit through callbacks."""
+    """Runs one ``ssh``; reports stdout bytes, stderr lines and exit through callbacks.
+
+    Exit is detected from stdout's EOF and then the process status, never from stderr's EOF: an
+    OpenSSH ControlPersist master inherits stderr and keeps it open long after we are done.
+    """
 
     def __init__(self, argv: List[str], on_data: Callable[[bytes], None],
                  on_stderr: Callable[[str], None], on_exit: Callable[[Optional[int]], None]) -> None:
@@ -104,45 +111,85 @@ class SSHTransport:
         self.on_data = on_data
         self.on_stderr = on_stderr
         self.on_exit = on_exit
-        self.process: Optional[asyncio.SubprocessTransport] = None
+        self.popen: Optional["subprocess.Popen[bytes]"] = None
         self.pid: Optional[int] = None
         self.returncode: Optional[int] = None
+        self._stdin: Optional[asyncio.WriteTransport] = None
+        self._readers: List[asyncio.BaseTransport] = []
+        self._stderr_tail = b""
         self._exited = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, popen: "Optional[subprocess.Popen[bytes]]" = None) -> None:
+        """Adopt an ssh started early by ``spawn_ssh``, or start one now."""
         loop = asyncio.get_running_loop()
-        # Its own session: Jupyter signals our whole process group on interrupt, and a SIGINT must
-        # become an interrupt frame, not kill the connection.
-        self.process, _ = await loop.subprocess_exec(
-            lambda: _SSHProtocol(self), *self.argv, start_new_session=True)
-        self.pid = self.process.get_pid()
+        self.popen = popen if popen is not None else spawn_ssh(self.argv)
+        self.pid = self.popen.pid
+        assert self.popen.stdin and self.popen.stdout and self.popen.stderr
+        out, _ = await loop.connect_read_pipe(
+            lambda: _Reader(self._data, self._stdout_closed), self.popen.stdout)
+        err, _ = await loop.connect_read_pipe(lambda: _Reader(self._stderr, lambda: None), self.popen.stderr)
+        self._readers = [out, err]
+        self._stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
 
-    def write(self, data: bytes) -> None:
-        if self.process is not None and data and self.returncode is None:
-            pipe = self.process.get_pipe_transport(0)
-            if pipe is not None and not pipe.is_closing():
-                pipe.write(data)
+    def _data(self, data: bytes) -> None:
+        self.on_data(data)
 
-    def process_exited(self) -> None:
-        assert self.process is not None
-        self.returncode = self.process.get_returncode()
+    def _stderr(self, data: bytes) -> None:
+        lines = (self._stderr_tail + data).split(b"\n")
+        self._stderr_tail = lines.pop()
+        for line in lines:
+            self.on_stderr(line.decode("utf-8", "replace").rstrip("\r"))
+
+    def _stdout_closed(self) -> None:
+        self._poll_exit(time.monotonic() + EXIT_WAIT)
+
+    def _poll_exit(self, deadline: float) -> None:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()  # stdout closed but ssh lingers: it is of no use any more
+            asyncio.get_running_loop().call_later(0.01, self._poll_exit, deadline)
+            return
+        self._drain_stderr()
+        if self._stderr_tail:
+            self.on_stderr(self._stderr_tail.decode("utf-8", "replace"))
+            self._stderr_tail = b""
+        for reader in self._readers:
+            reader.close()
+        if self._stdin is not None:
+            self._stdin.close()
+        self.returncode = self.popen.returncode
         self._exited.set()
         self.on_exit(self.returncode)
 
+    def _drain_stderr(self) -> None:
+        """ssh's last words (why it failed) may still sit in the pipe when its exit is seen."""
+        assert self.popen is not None and self.popen.stderr is not None
+        for _ in range(64):
+            try:
+                data = os.read(self.popen.stderr.fileno(), 65536)  # non-blocking: the loop set it so
+            except (BlockingIOError, ValueError, OSError):
+                return
+            if not data:
+                return
+            self._stderr(data)
+
+    def write(self, data: bytes) -> None:
+        if self._stdin is not None and data and self.returncode is None and not self._stdin.is_closing():
+            self._stdin.write(data)
+
     async def wait(self, timeout: float) -> None:
         """Wait at most ``timeout`` seconds for ssh to exit."""
-        if self.process is not None:
+        if self.popen is not None:
             try:
                 await asyncio.wait_for(self._exited.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
 
     def close_input(self) -> None:
-        """EOF to the remote: the agent stops its kernel when its stream ends."""
-        if self.process is not None:
-            pipe = self.process.get_pipe_transport(0)
-            if pipe is not None and not pipe.is_closing():
-                pipe.close()
+        """EOF to the remote: the session's attach process ends, and with it this ssh."""
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.close()
 
     def kill(self) -> None:
         if self.pid is not None and self.returncode is None:

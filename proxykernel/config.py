@@ -1,0 +1,79 @@
+"""What a proxied kernel is asked to be, and the ssh command that starts it.
+
+Light on purpose (stdlib only): ``cli.main`` builds the ssh command from this and starts ssh before
+importing zmq, tornado and jupyter_client, so the ssh handshake overlaps those imports.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from proxykernel.bootstrap import agent_bundle, remote_command
+from proxykernel.transport import SSHOptions, ssh_argv
+
+__all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "ssh_command"]
+
+_REQUIRED = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "ip", "key",
+             "transport")
+
+
+class ConnectionFileError(Exception):
+    """The connection file Jupyter gave us cannot be used; the message says why."""
+
+
+def load_connection_file(path: str) -> Dict[str, object]:
+    """Read and check Jupyter's connection file, with one clear sentence for each way it is bad."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            info = json.load(handle)
+    except FileNotFoundError:
+        raise ConnectionFileError("the connection file %s does not exist" % path) from None
+    except (OSError, ValueError) as error:
+        raise ConnectionFileError("the connection file %s cannot be read as JSON: %s"
+                                  % (path, error)) from None
+    if not isinstance(info, dict):
+        raise ConnectionFileError("the connection file %s does not hold a JSON object" % path)
+    missing = [name for name in _REQUIRED if name not in info]
+    if missing:
+        raise ConnectionFileError("the connection file %s lacks %s" % (path, ", ".join(missing)))
+    return info
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    host: str
+    python: str
+    connection_file: str
+    timeout: float = 30.0
+    env: Dict[str, str] = field(default_factory=dict)
+    sudo: bool = False
+    ssh: SSHOptions = field(default_factory=lambda: SSHOptions(host=""))
+    transport: str = "ipc"  # how the remote kernel's own sockets are bound: ipc, or tcp on 127.0.0.1
+    agent_source: Optional[str] = None  # a remote_agent directory to ship instead of ours (tests)
+    workdir: Optional[str] = None  # the remote directory the kernel starts in
+    pre_command: Optional[str] = None  # remote shell code run before the agent (module load, ...)
+    heartbeat_interval: float = 1.0  # seconds between pings on the stream
+    heartbeat_timeout: float = 5.0  # a link silent this long is dead (so noticed within ~6 s)
+    reconnect_timeout: float = 600.0  # give up reconnecting after this long
+    linger: float = 3600.0  # the remote agent keeps a kernel this long with no proxy attached
+    buffer_size: int = 256 * 1024 * 1024  # replay buffer cap, each side, in bytes
+
+
+def kernel_id(key: str, connection_file: str) -> str:
+    """Names the remote agent of this kernel: stable across Jupyter's restarts (same file and
+    key), different for every other kernel, and revealing nothing about the key."""
+    digest = hashlib.sha256(b"proxykernel\0%s\0%s" % (key.encode(), os.path.abspath(connection_file).encode()))
+    return digest.hexdigest()[:24]
+
+
+def ssh_command(config: ProxyConfig, key: str) -> List[str]:
+    """The ssh argv that boots (or re-attaches to) this kernel's remote agent."""
+    agent_args = ["--id", kernel_id(key, config.connection_file),
+                  "--linger", "%g" % config.linger, "--buffer", str(config.buffer_size),
+                  "--ping", "%g" % config.heartbeat_interval, "--dead", "%g" % config.heartbeat_timeout]
+    command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
+                             pre_command=config.pre_command, workdir=config.workdir)
+    return ssh_argv(config.ssh, command)
