@@ -12,7 +12,8 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from proxykernel.config import ConnectionFileError, ProxyConfig, load_connection_file, ssh_command
+from proxykernel.config import (ConnectionFileError, ProxyConfig, control_path, load_connection_file,
+                                ssh_command)
 from proxykernel.transport import SSHOptions, spawn_ssh
 
 __all__ = ["main", "parse_env", "build_parser"]
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     survive.add_argument("--buffer-size", type=float, default=256.0, metavar="MB",
                          help="output kept for replay after an outage, per side; beyond it the oldest "
                               "output is dropped and the notebook is told (default: 256)")
+    survive.add_argument("--no-connection-sharing", action="store_true",
+                         help="do not keep an ssh ControlMaster for restarts and reconnects (one is "
+                              "used by default unless your ssh config sets ControlPath)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO")
     parser.add_argument("--agent-source", help=argparse.SUPPRESS)  # tests ship a modified agent
@@ -95,12 +99,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                          heartbeat_interval=args.heartbeat_interval,
                          heartbeat_timeout=args.heartbeat_timeout,
                          reconnect_timeout=args.reconnect_timeout, linger=args.linger,
-                         buffer_size=int(args.buffer_size * 1024 * 1024))
+                         buffer_size=int(args.buffer_size * 1024 * 1024),
+                         share_connection=not args.no_connection_sharing)
 
     # ssh first: its handshake (~0.2 s) then overlaps the imports of zmq, tornado and jupyter_client.
-    first_ssh = None
+    first_ssh, control = None, None
     try:
-        first_ssh = spawn_ssh(ssh_command(config, str(load_connection_file(config.connection_file)["key"])))
+        key = str(load_connection_file(config.connection_file)["key"])
+        control = control_path(config, key)
+        first_ssh = spawn_ssh(ssh_command(config, key, control))
     except ConnectionFileError:
         pass  # the proxy reports it, in one sentence
     except OSError as error:
@@ -109,6 +116,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from proxykernel.proxy import Proxy
 
     async def run() -> int:
-        return await Proxy(config, first_ssh).run()
+        return await Proxy(config, first_ssh, control).run()
 
     return asyncio.run(run())

@@ -8,13 +8,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import subprocess
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
 from proxykernel.bootstrap import agent_bundle, remote_command
 from proxykernel.transport import SSHOptions, ssh_argv
+from remote_agent.attach import runtime_dir  # the same 0700 per-user directory, on this side
 
-__all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "ssh_command"]
+__all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "ssh_command",
+           "control_path", "stop_master_command"]
+
+CONTROL_PERSIST = 30  # seconds our master outlives its last session: enough for a restart
 
 _REQUIRED = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "ip", "key",
              "transport")
@@ -60,6 +65,7 @@ class ProxyConfig:
     reconnect_timeout: float = 600.0  # give up reconnecting after this long
     linger: float = 3600.0  # the remote agent keeps a kernel this long with no proxy attached
     buffer_size: int = 256 * 1024 * 1024  # replay buffer cap, each side, in bytes
+    share_connection: bool = True  # our own ControlMaster, unless the user's config has one
 
 
 def kernel_id(key: str, connection_file: str) -> str:
@@ -69,11 +75,46 @@ def kernel_id(key: str, connection_file: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def ssh_command(config: ProxyConfig, key: str) -> List[str]:
+def _users_own_sharing(opts: SSHOptions) -> bool:
+    """Does the user's ssh config already share connections to this host (ControlPath set)?"""
+    argv = [opts.ssh, "-G"] + (["-F", opts.config_file] if opts.config_file else [])
+    for option in opts.options:
+        argv += ["-o", option]
+    try:
+        out = subprocess.run(argv + ["--", opts.host], capture_output=True, text=True, timeout=5,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot tell: leave the user's ssh setup alone
+    settings = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    return settings.get("controlpath", "none") != "none"
+
+
+def control_path(config: ProxyConfig, key: str) -> Optional[str]:
+    """Our ControlMaster socket for this kernel, or None when not ours to make.
+
+    One master per kernel (not per host): a restart or a reconnect reuses it, so it opens no new
+    login (and asks no second 2FA prompt); its own kernel's shutdown can close it without cutting
+    other kernels' sessions.
+    """
+    if not config.share_connection or _users_own_sharing(config.ssh):
+        return None
+    return os.path.join(runtime_dir(), "cm-" + kernel_id(key, config.connection_file)[:16])
+
+
+def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None) -> List[str]:
     """The ssh argv that boots (or re-attaches to) this kernel's remote agent."""
     agent_args = ["--id", kernel_id(key, config.connection_file),
                   "--linger", "%g" % config.linger, "--buffer", str(config.buffer_size),
                   "--ping", "%g" % config.heartbeat_interval, "--dead", "%g" % config.heartbeat_timeout]
     command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
                              pre_command=config.pre_command, workdir=config.workdir)
-    return ssh_argv(config.ssh, command)
+    opts = config.ssh
+    if control:
+        opts = replace(opts, options=tuple(opts.options) + (
+            "ControlMaster=auto", "ControlPath=" + control, "ControlPersist=%d" % CONTROL_PERSIST))
+    return ssh_argv(opts, command)
+
+
+def stop_master_command(config: ProxyConfig, control: str) -> List[str]:
+    """``ssh -O exit`` for our master: after the kernel's final shutdown, or when its link is dead."""
+    return [config.ssh.ssh, "-o", "ControlPath=" + control, "-O", "exit", "--", config.host]

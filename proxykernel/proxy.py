@@ -19,7 +19,7 @@ import zmq
 
 from proxykernel.bootstrap import AgentBundle, BootReader, BootReply, agent_bundle
 from proxykernel.config import (ConnectionFileError, ProxyConfig, kernel_id, load_connection_file,
-                                ssh_command)
+                                ssh_command, stop_master_command)
 from proxykernel.frontend import Frontend
 from proxykernel.transport import SSHTransport, explain_ssh_failure
 from remote_agent import wire
@@ -67,10 +67,14 @@ class Proxy:
     what frontends send waits in the replay buffer); it ends when the kernel exits or on failure.
     """
 
-    def __init__(self, config: ProxyConfig, first_ssh: "Optional[subprocess.Popen[bytes]]" = None) -> None:
-        """``first_ssh``: the ssh that ``cli.main`` started before the heavy imports, if any."""
+    def __init__(self, config: ProxyConfig, first_ssh: "Optional[subprocess.Popen[bytes]]" = None,
+                 control: Optional[str] = None) -> None:
+        """Called by ``cli.main`` with the ssh it started before the heavy imports (if any), and
+        our ControlMaster socket path (None: no connection sharing of ours)."""
         self.config = config
         self.first_ssh = first_ssh
+        self.control = control
+        self.restart_requested = False
         self.context = zmq.Context()
         self.conn = wire.Connection("proxy", session=uuid.uuid4().hex, max_buffer=config.buffer_size)
         self.bundle: AgentBundle = agent_bundle(config.agent_source)
@@ -106,7 +110,7 @@ class Proxy:
                              "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
                              "kernel_name": info.get("kernel_name", ""),
                              "transport": self.config.transport}
-        self.argv = ssh_command(self.config, str(info["key"]))
+        self.argv = ssh_command(self.config, str(info["key"]), self.control)
         log.info("connecting to %s", self.config.host)
         self.connect()
         timer = loop.call_later(self.config.timeout, self.startup_timeout)
@@ -150,9 +154,9 @@ class Proxy:
         except OSError as error:
             self.fail("cannot run %r: %s" % (self.config.ssh.ssh, error))
 
-    def link_lost(self, why: str) -> None:
-        """The current ssh is gone or silent: before the kernel was ready that is fatal, after it
-        we reconnect, keeping the kernel alive in Jupyter's eyes."""
+    def link_lost(self, why: str, dead: bool = False) -> None:
+        """The current ssh is gone (``dead``: silent, its network likely broken): before the kernel
+        was ready that is fatal, after it we reconnect, keeping the kernel alive in Jupyter's eyes."""
         if self.done.done():
             return
         if not self.ready:
@@ -169,7 +173,25 @@ class Proxy:
             self.attempts = 0
             log.warning("connection to %s lost (%s); reconnecting", self.config.host, why)
         delay = BACKOFF[min(self.attempts, len(BACKOFF) - 1)]
+        if dead and self.control:
+            # The shared master's connection is as dead as ours: new sessions through it would hang.
+            asyncio.ensure_future(self.stop_master())
         asyncio.get_running_loop().call_later(delay, self.reconnect)
+
+    async def stop_master(self) -> None:
+        """``ssh -O exit`` for our ControlMaster; quick, local (a unix socket), and bounded."""
+        assert self.control is not None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *stop_master_command(self.config, self.control), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        except OSError:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), 3.0)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
 
     def reconnect(self) -> None:
         if self.done.done() or self.ssh is not None:
@@ -197,9 +219,9 @@ class Proxy:
                 self.conn.send_ping(time.time())
                 self.schedule_flush()
             elif action == "dead":
-                self.link_lost("no reply for %.1f s" % self.heartbeat.timeout)
+                self.link_lost("no reply for %.1f s" % self.heartbeat.timeout, dead=True)
         elif self.ready and self.ssh is not None and now - self.link_started > self.config.timeout:
-            self.link_lost("ssh did not connect within %.0f s" % self.config.timeout)
+            self.link_lost("ssh did not connect within %.0f s" % self.config.timeout, dead=True)
         if self.lost_at is not None and now - self.lost_at > self.config.reconnect_timeout:
             self.give_up()
 
@@ -315,6 +337,10 @@ class Proxy:
 
     # -- the frontends -----------------------------------------------------------------------
     def from_frontend(self, channel: str, frames: List[bytes]) -> None:
+        if channel == "control":
+            restart = wire.restart_requested(frames)
+            if restart is not None:
+                self.restart_requested = restart  # then our master stays, for the next proxy
         self.conn.send_data(channel, frames)
         self.schedule_flush()
 
@@ -375,6 +401,8 @@ class Proxy:
                 self.ssh.close_input()
                 await self.ssh.wait(SSH_EXIT_GRACE)
             self.ssh.kill()
+        if self.control and not self.restart_requested:
+            await self.stop_master()
         if self.frontend is not None:
             self.frontend.close()
         self.context.term()

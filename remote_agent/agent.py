@@ -116,31 +116,6 @@ def _ipykernel_version() -> str:
         return "unknown"
 
 
-def _message_part(frames: List[bytes], index: int) -> bytes:
-    """Part ``index`` after the ``<IDS|MSG>`` delimiter (0 = signature, 1 = header, 3 = content)."""
-    try:
-        return frames[frames.index(b"<IDS|MSG>") + 1 + index]
-    except (ValueError, IndexError):
-        return b""
-
-
-def _is_welcome(frames: List[bytes]) -> bool:
-    """The kernel's iopub_welcome answers our own SUB: the proxy welcomes each frontend itself."""
-    header = _message_part(frames, 1)
-    return len(header) < 1024 and b'"iopub_welcome"' in header
-
-
-def _restart_requested(frames: List[bytes]) -> Optional[bool]:
-    """For a shutdown_request on control: does it ask for a restart? None for other messages."""
-    header = _message_part(frames, 1)
-    if b'"shutdown_request"' not in header:
-        return None
-    try:
-        return bool(json.loads(_message_part(frames, 3).decode("utf-8")).get("restart"))
-    except (ValueError, AttributeError):
-        return False
-
-
 class Agent:
     """The daemon's state: the kernel process, its ZMQ sockets, and at most one attached stream."""
 
@@ -483,7 +458,7 @@ class Agent:
         identity, frames = event.frames[0], list(event.frames[1:])
         self.kernel_used = True
         if event.channel == "control":
-            restart = _restart_requested(frames)
+            restart = wire.restart_requested(frames)
             if restart is not None:
                 self.restart_expected = restart
         self.dealer(event.channel, identity).send_multipart(frames, copy=False)
@@ -522,5 +497,5 @@ class Agent:
                 frames = self.iopub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if not _is_welcome(frames):
+            if not wire.is_welcome(frames):
                 self.conn.send_data("iopub", frames)

@@ -28,6 +28,7 @@ __all__ = [
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "VersionMismatch",
     "Hello", "ChannelData", "Ack", "Ping", "Pong", "Start", "Ready", "Interrupt", "Shutdown",
     "KernelExited", "ErrorReport", "LogLine", "Skipped", "Noise", "Event", "Connection", "Heartbeat",
+    "message_part", "is_welcome", "restart_requested",
 ]
 
 PROTOCOL_VERSION = 1
@@ -527,3 +528,29 @@ class Heartbeat:
             self.last_ping = now
             return "ping"
         return None
+
+
+# -- peeking into Jupyter messages (relayed opaquely otherwise) --------------------------------
+def message_part(frames: Sequence[bytes], index: int) -> bytes:
+    """Part ``index`` after the ``<IDS|MSG>`` delimiter (0 = signature, 1 = header, 4 = content)."""
+    for at, part in enumerate(frames):
+        if part == b"<IDS|MSG>":
+            return bytes(frames[at + 1 + index]) if at + 1 + index < len(frames) else b""
+    return b""
+
+
+def is_welcome(frames: Sequence[bytes]) -> bool:
+    """An IOPub ``iopub_welcome``: the kernel's answer to the agent's own subscription."""
+    header = message_part(frames, 1)
+    return len(header) < 1024 and b'"iopub_welcome"' in header
+
+
+def restart_requested(frames: Sequence[bytes]) -> Optional[bool]:
+    """For a message on control: None unless it is a shutdown_request; then, does it ask for a restart?"""
+    header = message_part(frames, 1)
+    if b'"shutdown_request"' not in header:
+        return None
+    try:
+        return bool(json.loads(message_part(frames, 4).decode("utf-8")).get("restart"))
+    except (ValueError, AttributeError, RecursionError):
+        return False

@@ -116,10 +116,13 @@ PRINT_UNTIL = ("import os, time\ni = 0\nwhile not os.path.exists({stop!r}) and i
                "    print(i, flush=True)\n    i += 1\n    time.sleep(0.02)\n")
 
 
-@pytest.mark.parametrize("drops", [1, 20])
-def test_ssh_killed_mid_cell_loses_and_repeats_nothing(sshd: Any, tmp_path: Path, drops: int) -> None:
+@pytest.mark.parametrize("drops, sharing", [(1, False), (1, True), (20, True)],
+                         ids=["1-new-login", "1-via-master", "20-via-master"])
+def test_ssh_killed_mid_cell_loses_and_repeats_nothing(sshd: Any, tmp_path: Path, drops: int,
+                                                       sharing: bool) -> None:
     stop = tmp_path / "stop"
-    with running_kernel(proxy_argv(sshd, extra=FAST), tmp_path) as (km, kc):
+    extra = FAST + ([] if sharing else ["--no-connection-sharing"])
+    with running_kernel(proxy_argv(sshd, extra=extra), tmp_path) as (km, kc):
         run_cell(kc, "state = 'kept'")
         msg_id = kc.execute(PRINT_UNTIL.format(stop=str(stop)))
         # A drop every 0.8 s after each new ssh starts: past its login (~0.3 s), so each one lands on
@@ -159,7 +162,8 @@ def test_hung_remote_is_detected_and_recovered(sshd: Any, tmp_path: Path) -> Non
 
 
 def test_outage_beyond_reconnect_timeout_gives_up_and_linger_cleans_up(sshd: Any, tmp_path: Path) -> None:
-    extra = FAST + ["--reconnect-timeout", "3", "--linger", "2"]
+    # No ControlMaster: through one, a reconnect needs no new login and would get through.
+    extra = FAST + ["--reconnect-timeout", "3", "--linger", "2", "--no-connection-sharing"]
     with running_kernel(proxy_argv(sshd, extra=extra), tmp_path) as (km, kc):
         kernel = remote_pid(kc, sshd)
         connection_dir = run_cell(kc, "import ipykernel, os; print(os.path.dirname(ipykernel.get_connection_file()))")[1]
