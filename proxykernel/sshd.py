@@ -17,6 +17,10 @@ Client side: ``ssh -F srv.config_path ALIAS ...`` with the aliases
 
 add_user(NAME, sudo=...) adds ``pxk-user-NAME``: the same server, logging in as a second local
 user (made with useradd if missing), optionally with NOPASSWD sudo until stop().
+
+``SSHServer(netns=NS, listen_address=ADDR)`` runs the sshd inside an existing network namespace
+(``ip netns exec NS ...``), listening on ADDR, and the client config's HostName is ADDR: the
+"remote" host is then behind a link a test can cut (see tests/test_netns.py).
 """
 
 import os
@@ -169,9 +173,11 @@ class SSHServer:
     badauth_alias = BADAUTH_ALIAS
     nosuchhost_alias = NOSUCHHOST_ALIAS
 
-    def __init__(self, allow_tcp_forwarding: bool = False):
+    def __init__(self, allow_tcp_forwarding: bool = False, netns=None, listen_address="127.0.0.1"):
         # Only the benchmark's ssh -L comparison turns this on; tests must not need forwarding.
         self.allow_tcp_forwarding = allow_tcp_forwarding
+        self.netns = netns  # a network namespace (by name) to run sshd in; None: this host's
+        self.listen_address = listen_address  # sshd's ListenAddress and the clients' HostName
         self.tmpdir = None
         self.port = None
         self.pid = None
@@ -201,8 +207,8 @@ class SSHServer:
                 if (self.proc is not None  # timed out while running: no retry
                         or "Address already in use" not in self.log() or attempt == 4):
                     raise RuntimeError(
-                        "sshd did not start listening on 127.0.0.1:%d; log %s:\n%s"
-                        % (self.port, self.log_path, self.log())
+                        "sshd did not start listening on %s:%d; log %s:\n%s"
+                        % (self.listen_address, self.port, self.log_path, self.log())
                     )
         except BaseException:
             self.stop()
@@ -234,7 +240,7 @@ class SSHServer:
         _write(
             self.sshd_config_path,
             "Port {port}\n"
-            "ListenAddress 127.0.0.1\n"
+            "ListenAddress {listen}\n"
             "HostKey {hostkey}\n"
             "AuthorizedKeysFile {authkeys}\n"
             "PidFile none\n"
@@ -258,6 +264,7 @@ class SSHServer:
             "LogLevel VERBOSE\n"
             "{extra}".format(
                 port=self.port,
+                listen=self.listen_address,
                 hostkey=self.host_key_path,
                 authkeys=self.authorized_keys_path,
                 forwarding="local" if self.allow_tcp_forwarding else "no",
@@ -266,7 +273,7 @@ class SSHServer:
         )
         _write(
             self.known_hosts_path,
-            "[127.0.0.1]:%d %s\n" % (self.port, _pubkey(self.host_key_path)),
+            "[%s]:%d %s\n" % (self.listen_address, self.port, _pubkey(self.host_key_path)),
         )
         common = (
             "    User {user}\n"
@@ -282,11 +289,11 @@ class SSHServer:
             self.config_path,
             (
                 "Host {alias}\n"
-                "    HostName 127.0.0.1\n"
+                "    HostName {listen}\n"
                 "    Port {port}\n"
                 "    IdentityFile {key}\n" + common + "\n"
                 "Host {badauth}\n"
-                "    HostName 127.0.0.1\n"
+                "    HostName {listen}\n"
                 "    Port {port}\n"
                 "    IdentityFile {badkey}\n" + common + "\n"
                 "Host {nosuchhost}\n"
@@ -295,6 +302,7 @@ class SSHServer:
                 "    IdentityFile {key}\n" + common
             ).format(
                 alias=self.alias,
+                listen=self.listen_address,
                 badauth=self.badauth_alias,
                 nosuchhost=self.nosuchhost_alias,
                 port=self.port,
@@ -306,9 +314,11 @@ class SSHServer:
     def _launch(self):
         """Start sshd; True once the port accepts connections, False if sshd exited."""
         with open(self.log_path, "ab") as log:
+            # ip netns exec execs its command: self.pid stays the unshare process.
+            netns = ["ip", "netns", "exec", self.netns] if self.netns else []
             self.proc = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--kill-child",
-                 SSHD, "-D", "-e", "-f", self.sshd_config_path],
+                netns + ["unshare", "--pid", "--fork", "--kill-child",
+                         SSHD, "-D", "-e", "-f", self.sshd_config_path],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -320,7 +330,7 @@ class SSHServer:
             if self.proc.poll() is not None:
                 self.proc = None
                 return False
-            if port_open(self.port):
+            if port_open(self.port, self.listen_address):
                 self.ns = self._find_namespace()
                 return True
             time.sleep(POLL_INTERVAL)
@@ -422,10 +432,11 @@ class SSHServer:
         alias = "pxk-user-%s" % name
         with open(self.config_path, "a") as f:
             # ssh takes the first value it reads, so this block's User wins over the shared one.
-            f.write("\nHost %s\n    User %s\n    HostName 127.0.0.1\n    Port %d\n    IdentityFile %s\n"
+            f.write("\nHost %s\n    User %s\n    HostName %s\n    Port %d\n    IdentityFile %s\n"
                     "    IdentitiesOnly yes\n    BatchMode yes\n    UserKnownHostsFile %s\n"
                     "    GlobalKnownHostsFile /dev/null\n    UpdateHostKeys no\n    LogLevel ERROR\n"
-                    % (alias, name, self.port, self.client_key_path, self.known_hosts_path))
+                    % (alias, name, self.listen_address, self.port, self.client_key_path,
+                       self.known_hosts_path))
         return alias
 
     def __enter__(self):
