@@ -298,7 +298,7 @@ class Proxy:
             self.fail("the remote agent on %s no longer has this kernel (stopped after --linger, or "
                       "the host restarted); restart the kernel" % self.config.host)
             return
-        replay = sum(1 for seq, _ in self.conn.unacked if seq > hello.received)
+        replay = sum(1 for seq, _, _ in self.conn.unacked if seq > hello.received)
         self.conn.resume(hello.received)
         self.heartbeat = wire.Heartbeat(self.config.heartbeat_interval, self.config.heartbeat_timeout,
                                         time.monotonic())

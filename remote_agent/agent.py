@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ KILL_GRACE = 3.0  # seconds a kernel gets to exit after SIGTERM before SIGKILL
 DRAIN_SECONDS = 0.3  # after the kernel exits, how long its last messages (shutdown_reply) may trail
 IDLE_EXIT = 30.0  # a daemon with no kernel and no proxy for this long exits (a restart never came)
 READ_SIZE = 1 << 20
+SENDMSG_PIECES = 512  # buffers per vectored send (IOV_MAX is 1024 on Linux)
 LOG_BACKLOG = 200  # log lines kept while no proxy is attached
 
 
@@ -142,6 +144,7 @@ class Agent:
         self.connection_dir: Optional[str] = None
         self.connection_info: Dict[str, Any] = {}
         self.iopub: Optional[zmq.Socket] = None
+        self.welcomed = False  # the kernel's iopub_welcome to our own SUB is not for the frontends
         # (channel, frontend identity) -> DEALER, and back: replies go to the frontend that asked.
         self.dealers: Dict[Tuple[str, bytes], zmq.Socket] = {}
         self.routes: Dict[zmq.Socket, Tuple[str, bytes]] = {}
@@ -285,23 +288,29 @@ class Agent:
             self.report_exit()
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.link is not None:
-            self.out.append(memoryview(data))
-            self.out_bytes += len(data)
+        """Write what is queued with vectored sends: frames go out as the buffers they came in."""
+        for piece in self.conn.buffers_to_send():
+            view = memoryview(piece).cast("B")
+            if view.nbytes and self.link is not None:
+                self.out.append(view)
+                self.out_bytes += view.nbytes
         while self.out and self.link is not None:
             try:
-                sent = self.link.send(self.out[0][:READ_SIZE])
+                sent = self.link.sendmsg(list(itertools.islice(self.out, SENDMSG_PIECES)))
             except BlockingIOError:
                 return
             except OSError as error:
                 self.detach(str(error))
                 return
             self.out_bytes -= sent
-            if sent == len(self.out[0]):
-                self.out.popleft()
-            else:
-                self.out[0] = self.out[0][sent:]
+            while sent:
+                head = self.out[0]
+                if sent >= head.nbytes:
+                    sent -= head.nbytes
+                    self.out.popleft()
+                else:
+                    self.out[0] = head[sent:]
+                    sent = 0
 
     def flush_blocking(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -356,6 +365,7 @@ class Agent:
         self.poller.register(self.kernel.stderr.fileno(), zmq.POLLIN)
         self.kernel_used = False
         self.restart_expected = False
+        self.welcomed = False
         self.iopub = self.context.socket(zmq.SUB)
         self.iopub.rcvhwm = 0  # never drop output on our side; the replay buffer bounds memory
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -455,7 +465,7 @@ class Agent:
         """A frontend's message for shell/control/stdin: frames[0] is its routing identity."""
         if event.channel not in ("shell", "control", "stdin") or not event.frames or self.kernel is None:
             return
-        identity, frames = event.frames[0], list(event.frames[1:])
+        identity, frames = bytes(event.frames[0]), list(event.frames[1:])
         self.kernel_used = True
         if event.channel == "control":
             restart = wire.restart_requested(frames)
@@ -485,17 +495,20 @@ class Agent:
         channel, identity = self.routes[sock]
         for _ in range(64):  # bounded per wakeup so one busy socket cannot starve the others
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.conn.send_data(channel, [identity] + frames)
+            self.conn.send_data(channel, [identity] + [frame.buffer for frame in frames])
 
     def relay_iopub(self) -> None:
         assert self.iopub is not None
         for _ in range(64):
             try:
-                frames = self.iopub.recv_multipart(zmq.NOBLOCK)
+                frames = self.iopub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if not wire.is_welcome(frames):
-                self.conn.send_data("iopub", frames)
+            buffers = [frame.buffer for frame in frames]  # no copy: they go out as they came
+            if not self.welcomed and wire.is_welcome(buffers):
+                self.welcomed = True
+                continue
+            self.conn.send_data("iopub", buffers)

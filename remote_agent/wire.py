@@ -165,7 +165,7 @@ def _json_payload(obj: Dict[str, Any]) -> bytes:
 
 def _parse_json(payload: bytes, what: str) -> Dict[str, Any]:
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = json.loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is garbage too
         raise RemoteProtocolError("the peer sent a %s frame that is not valid JSON" % what) from None
     if not isinstance(obj, dict):
@@ -197,7 +197,7 @@ def _parse_data(payload: bytes) -> ChannelData:
     channel_id, seq, count = _DATA_HEAD.unpack_from(payload)
     if channel_id >= len(CHANNELS):
         raise RemoteProtocolError("the peer sent data for unknown channel %d" % channel_id)
-    view = memoryview(payload)
+    view = memoryview(payload).toreadonly()  # read-only views hash like bytes (identities are keys)
     pos = _DATA_HEAD.size
     # Each part costs at least 4 bytes of length, so a count that cannot fit is garbage.
     if count * _U32.size > len(payload) - pos:
@@ -210,7 +210,7 @@ def _parse_data(payload: bytes) -> ChannelData:
         pos += _U32.size
         if pos + size > len(payload):
             raise RemoteProtocolError("the peer sent a data frame whose parts overrun it")
-        frames.append(bytes(view[pos:pos + size]))
+        frames.append(view[pos:pos + size])  # zero-copy: a view of the received frame
         pos += size
     if pos != len(payload):
         raise RemoteProtocolError("the peer sent a data frame with trailing bytes")
@@ -248,8 +248,8 @@ _PARSERS = {
     _INTERRUPT: _parse_empty(Interrupt(), "interrupt"),
     _SHUTDOWN: _parse_empty(Shutdown(), "shutdown"),
     _EXITED: lambda p: KernelExited(_fixed(_I32, p, "kernel-exited")),
-    _ERROR: lambda p: ErrorReport(p.decode("utf-8", "replace")),
-    _LOG: lambda p: LogLine(p.decode("utf-8", "replace")),
+    _ERROR: lambda p: ErrorReport(bytes(p).decode("utf-8", "replace")),
+    _LOG: lambda p: LogLine(bytes(p).decode("utf-8", "replace")),
     _SKIP: _parse_skip,
 }
 
@@ -278,7 +278,8 @@ class Connection:
         self.received_seq = 0  # seq of the last data frame received
         self.acked_received = 0  # last received seq we have acked to the peer
         self._bytes_since_ack = 0
-        self.unacked: Deque[Tuple[int, bytes]] = deque()
+        # (seq, size, pieces): a frame kept as the buffers it was made of, never joined (no copy).
+        self.unacked: Deque[Tuple[int, int, Tuple[Any, ...]]] = deque()
         self._droppable: Deque[bool] = deque()  # parallel to unacked
         self.unacked_bytes = 0
         self._drops: List[List[int]] = []  # runs [first_seq, last_seq, nbytes] dropped, not yet reported
@@ -289,8 +290,10 @@ class Connection:
         """A fresh byte stream: reset the decoder and the output, keep the sequence state."""
         self.peer_hello: Optional[Hello] = None
         self.linked = False
-        self._out: List[bytes] = []
-        self._in = bytearray()
+        self._out: List[Any] = []  # buffers (bytes, memoryviews) to write, in order
+        self._chunks: Deque[bytes] = deque()  # received, not yet parsed; the first from _offset
+        self._offset = 0
+        self.buffered_bytes = 0
         self._noise = 0
         self._magic_seen = False
 
@@ -313,17 +316,23 @@ class Connection:
         except ValueError:
             raise LocalProtocolError("unknown channel %r" % (channel,)) from None
         seq = self.sent_seq + 1
-        parts = [_DATA_HEAD.pack(channel_id, seq, len(frames))]
+        pieces: List[Any] = [b"", _DATA_HEAD.pack(channel_id, seq, len(frames))]
+        size = _DATA_HEAD.size
         for part in frames:
-            parts.append(_U32.pack(len(part)))
-            parts.append(part)
-        frame = self._frame(_DATA, b"".join(parts))  # may refuse: then no seq is used up
+            length = memoryview(part).nbytes
+            pieces.append(_U32.pack(length))
+            pieces.append(part)
+            size += _U32.size + length
+        if size + 1 > MAX_FRAME:  # refused before a seq is used up
+            raise LocalProtocolError("a message of %d bytes exceeds the %d-byte frame limit"
+                                     % (size, MAX_FRAME))
+        pieces[0] = _HEADER.pack(size + 1, _DATA)
         self.sent_seq = seq
-        self.unacked.append((seq, frame))
+        self.unacked.append((seq, size + _HEADER.size, tuple(pieces)))
         self._droppable.append(channel in DROPPABLE)
-        self.unacked_bytes += len(frame)
+        self.unacked_bytes += size + _HEADER.size
         if self.linked:
-            self._out.append(frame)
+            self._out.extend(pieces)
         if self.unacked_bytes > self.max_buffer:
             self._drop_oldest_output()
         return seq
@@ -335,15 +344,15 @@ class Connection:
             if not self._droppable[index]:
                 index += 1
                 continue
-            seq, frame = self.unacked[index]
+            seq, size, _ = self.unacked[index]
             del self.unacked[index]
             del self._droppable[index]
-            self.unacked_bytes -= len(frame)
+            self.unacked_bytes -= size
             if self._drops and self._drops[-1][1] == seq - 1:
                 self._drops[-1][1] = seq
-                self._drops[-1][2] += len(frame)
+                self._drops[-1][2] += size
             else:
-                self._drops.append([seq, seq, len(frame)])
+                self._drops.append([seq, seq, size])
 
     @property
     def ack_due(self) -> bool:
@@ -384,10 +393,13 @@ class Connection:
         self._out.append(self._frame(_LOG, text.encode("utf-8", "replace")))
 
     def data_to_send(self) -> bytes:
-        """Everything queued since the last call, ready for the transport."""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
+        """Everything queued since the last call, ready for the transport, as one bytes."""
+        return b"".join(self.buffers_to_send())
+
+    def buffers_to_send(self) -> List[Any]:
+        """The same as buffers, not joined: for a vectored write (``socket.sendmsg``) with no copy."""
+        out, self._out = self._out, []
+        return out
 
     def resume(self, peer_received: int) -> None:
         """The peer's hello arrived on this link: queue exactly what it lacks, then go live.
@@ -400,10 +412,10 @@ class Connection:
                                       % (peer_received, self.sent_seq))
         self._drop_acked(peer_received)
         expected = peer_received + 1
-        for seq, frame in self.unacked:
+        for seq, _, pieces in self.unacked:
             if seq > expected:
                 self._skip(expected, seq - 1)
-            self._out.append(frame)
+            self._out.extend(pieces)
             expected = seq + 1
         if self.sent_seq >= expected:
             self._skip(expected, self.sent_seq)
@@ -422,53 +434,102 @@ class Connection:
 
     def _drop_acked(self, seq: int) -> None:
         while self.unacked and self.unacked[0][0] <= seq:
-            _, frame = self.unacked.popleft()
+            _, size, _ = self.unacked.popleft()
             self._droppable.popleft()
-            self.unacked_bytes -= len(frame)
+            self.unacked_bytes -= size
         self._drops = [run for run in self._drops if run[1] > seq]
 
     # -- receiving -------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> List[Event]:
-        """Feed bytes read from the stream; returns the complete events they finish."""
-        self._in += data
+        """Feed bytes read from the stream; returns the complete events they finish.
+
+        Frames are cut from the received chunks without copying when they lie in one chunk, and
+        with one join when they span several; data parts are views into them.
+        """
+        if data:
+            self._chunks.append(data)
+            self.buffered_bytes += len(data)
         events: List[Event] = []
         if not self._magic_seen and not self._find_magic(events):
             return events
-        while len(self._in) >= _HEADER.size:
-            length, kind = _HEADER.unpack_from(self._in)
+        while self.buffered_bytes >= _HEADER.size:
+            length, kind = _HEADER.unpack(self._peek(_HEADER.size))
             if length == 0 or length > MAX_FRAME:
                 raise RemoteProtocolError(
                     "the peer announced a frame of %d bytes, outside the 1..%d-byte limit: "
                     "the stream is corrupt" % (length, MAX_FRAME))
-            if len(self._in) < 4 + length:
+            if self.buffered_bytes < 4 + length:
                 break
-            payload = bytes(self._in[_HEADER.size:4 + length])
-            del self._in[:4 + length]
-            events.append(self._parse(kind, payload))
+            frame = self._take(4 + length)
+            events.append(self._parse(kind, frame[_HEADER.size:]))
         return events
 
+    def _peek(self, count: int) -> bytes:
+        first = self._chunks[0]
+        if len(first) - self._offset < count:
+            self._coalesce()
+            first = self._chunks[0]
+        return first[self._offset:self._offset + count]
+
+    def _coalesce(self) -> None:
+        """All buffered chunks into one (rare: only a header split across reads needs it)."""
+        joined = b"".join([memoryview(self._chunks[0])[self._offset:]] + list(self._chunks)[1:])
+        self._chunks = deque([joined])
+        self._offset = 0
+
+    def _take(self, count: int) -> memoryview:
+        first = self._chunks[0]
+        if len(first) - self._offset >= count:
+            view = memoryview(first)[self._offset:self._offset + count]
+            self._offset += count
+            if self._offset == len(first):
+                self._chunks.popleft()
+                self._offset = 0
+        else:
+            parts: List[Any] = [memoryview(first)[self._offset:]]
+            got = len(first) - self._offset
+            self._chunks.popleft()
+            self._offset = 0
+            while got < count:
+                chunk = self._chunks[0]
+                if len(chunk) <= count - got:
+                    parts.append(chunk)
+                    got += len(chunk)
+                    self._chunks.popleft()
+                else:
+                    self._offset = count - got
+                    parts.append(memoryview(chunk)[:self._offset])
+                    got = count
+            view = memoryview(b"".join(parts))
+        self.buffered_bytes -= count
+        return view
+
     def _find_magic(self, events: List[Event]) -> bool:
-        at = self._in.find(MAGIC)
+        if not self._chunks:
+            return False
+        self._coalesce()  # before the hello only: a banner is small
+        buffer = self._chunks[0]
+        at = buffer.find(MAGIC)
         if at < 0:
             # Keep a tail that may be the start of MAGIC; report the rest as noise.
             keep = len(MAGIC) - 1
-            if len(self._in) > keep:
-                self._report_noise(events, len(self._in) - keep)
+            if len(buffer) > keep:
+                self._report_noise(events, buffer[:len(buffer) - keep])
+                self._take(len(buffer) - keep)
             return False
         if at:
-            self._report_noise(events, at)
-        del self._in[:len(MAGIC)]
+            self._report_noise(events, buffer[:at])
+        self._take(at + len(MAGIC))
         self._magic_seen = True
         return True
 
-    def _report_noise(self, events: List[Event], count: int) -> None:
-        self._noise += count
+    def _report_noise(self, events: List[Event], noise: bytes) -> None:
+        self._noise += len(noise)
         if self._noise > MAX_NOISE:
             raise RemoteProtocolError(
                 "the peer sent more than %d bytes before the protocol hello: it is not a proxykernel "
                 "agent, or something on the remote prints to its output" % MAX_NOISE)
-        events.append(Noise(bytes(self._in[:count])))
-        del self._in[:count]
+        events.append(Noise(bytes(noise)))
 
     def _parse(self, kind: int, payload: bytes) -> Event:
         if self.peer_hello is None:
@@ -487,7 +548,7 @@ class Connection:
                 raise RemoteProtocolError("the peer sent data frame %d after %d: frames were lost"
                                           % (event.seq, self.received_seq))
             self.received_seq = event.seq
-            self._bytes_since_ack += len(payload)
+            self._bytes_since_ack += memoryview(payload).nbytes
         elif isinstance(event, Skipped):
             if event.seq < self.received_seq or event.seq - self.received_seq != event.frames:
                 raise RemoteProtocolError("the peer sent an inconsistent skip to frame %d" % event.seq)

@@ -69,8 +69,13 @@ def receiver() -> wire.Connection:
 
 def seqs(conn: wire.Connection) -> List[int]:
     """The unacked seqs, after checking ``unacked_bytes`` agrees with the frames held."""
-    assert conn.unacked_bytes == sum(len(f) for _, f in conn.unacked)
-    return [seq for seq, _ in conn.unacked]
+    assert conn.unacked_bytes == sum(len(joined(pieces)) for _, _, pieces in conn.unacked)
+    assert all(size == len(joined(pieces)) for _, size, pieces in conn.unacked)
+    return [seq for seq, _, _ in conn.unacked]
+
+
+def joined(pieces: Sequence[bytes]) -> bytes:
+    return b"".join(pieces)
 
 
 def data_cases(big: bool) -> List[Tuple[str, Tuple[bytes, ...]]]:
@@ -292,7 +297,7 @@ def test_unacked_holds_data_until_an_ack_covers_it() -> None:
         agent.receive_data(b"".join(frames[agent.received_seq:upto]))
         agent.send_ack()
         assert proxy.receive_data(agent.data_to_send()) == [wire.Ack(upto)]
-        assert seqs(proxy) == left and [f for _, f in proxy.unacked] == frames[upto:]
+        assert seqs(proxy) == left and [joined(p) for _, _, p in proxy.unacked] == frames[upto:]
     assert proxy.unacked_bytes == 0
 
 
@@ -335,7 +340,7 @@ def test_overflow_drops_oldest_output_never_replies_and_reports_the_gap() -> Non
     for i in range(10):
         channel = "shell" if i == 2 else "iopub"
         sender.send_data(channel, [b"x" * 500])
-        sizes[i + 1] = len(sender.unacked[-1][1])
+        sizes[i + 1] = sender.unacked[-1][1]
     assert sender.unacked_bytes <= 3000
     kept = seqs(sender)
     assert 3 in kept and kept[-1] == 10  # the shell reply survives; the newest output too
@@ -384,7 +389,7 @@ def feed_until_error(conn: wire.Connection, chunks: Sequence[bytes], bound: Opti
         except wire.ProtocolError:
             return
         if bound is not None:
-            assert len(conn._in) <= bound
+            assert conn.buffered_bytes <= bound
 
 
 @pytest.mark.parametrize("prefix", [b"", hello_bytes()], ids=["from-start", "after-hello"])
