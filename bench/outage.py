@@ -55,13 +55,6 @@ class Timeout(Exception):
     """Something the benchmark waits for did not happen within WAIT seconds."""
 
 
-def _no_connection_sharing() -> List[str]:
-    """Phase 2 needs every reconnect to log in anew (through a shared connection one would not)."""
-    from proxykernel.cli import build_parser
-    flags = {flag for action in build_parser()._actions for flag in action.option_strings}
-    return ["--no-connection-sharing"] if "--no-connection-sharing" in flags else []
-
-
 def _start_time(pid: int) -> int:
     try:
         with open("/proc/%d/stat" % pid) as handle:
@@ -198,7 +191,9 @@ def measure(reps: int, settings: Sequence[str], say: Any) -> Dict[str, Any]:
     with open(RESULTS / "outage-kernels.log", "wb") as log, SSHServer() as sshd:
         for name in settings:
             argv = [sys.executable, "-m", "proxykernel", "--host", sshd.alias, "--python", sys.executable,
-                    "--ssh-config", str(sshd.config_path), *SETTINGS[name], *_no_connection_sharing(),
+                    "--ssh-config", str(sshd.config_path), *SETTINGS[name],
+                    # every reconnect must log in anew (through a shared connection none would)
+                    "--no-connection-sharing",
                     "-f", "{connection_file}"]
             spec = Spec("outage-" + name, argv, tmp / "specs")
             rounds = []

@@ -38,6 +38,9 @@ DRAIN_SECONDS = 0.3  # after the kernel exits, how long its last messages (shutd
 IDLE_EXIT = 30.0  # a daemon with no kernel and no proxy for this long exits (a restart never came)
 READ_SIZE = 1 << 20
 SENDMSG_PIECES = 512  # buffers per vectored send (IOV_MAX is 1024 on Linux)
+# Bytes taken from the replay buffer into the socket's write queue at a time: a stalled link then
+# holds no more than this beyond the (capped) replay buffer itself.
+OUT_BUDGET = 4 * 1024 * 1024
 LOG_BACKLOG = 200  # log lines kept while no proxy is attached
 
 
@@ -288,12 +291,21 @@ class Agent:
             self.report_exit()
 
     def flush(self) -> None:
-        """Write what is queued with vectored sends: frames go out as the buffers they came in."""
-        for piece in self.conn.buffers_to_send():
-            view = memoryview(piece).cast("B")
-            if view.nbytes and self.link is not None:
-                self.out.append(view)
-                self.out_bytes += view.nbytes
+        """Write what is queued with vectored sends: frames go out as the buffers they came in,
+        taken from the replay buffer at most OUT_BUDGET bytes ahead of the socket."""
+        while self.link is not None:
+            if self.out_bytes < OUT_BUDGET and self.conn.pending:
+                for piece in self.conn.buffers_to_send(OUT_BUDGET - self.out_bytes):
+                    view = memoryview(piece).cast("B")
+                    if view.nbytes:
+                        self.out.append(view)
+                        self.out_bytes += view.nbytes
+            self._write()
+            if self.out or not self.conn.pending:
+                return
+        self.conn.buffers_to_send()  # no stream attached: control frames have nowhere to go
+
+    def _write(self) -> None:
         while self.out and self.link is not None:
             try:
                 sent = self.link.sendmsg(list(itertools.islice(self.out, SENDMSG_PIECES)))

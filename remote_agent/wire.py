@@ -280,6 +280,7 @@ class Connection:
         self._bytes_since_ack = 0
         # (seq, size, pieces): a frame kept as the buffers it was made of, never joined (no copy).
         self.unacked: Deque[Tuple[int, int, Tuple[Any, ...]]] = deque()
+        self._held: Dict[int, Tuple[int, int, Tuple[Any, ...]]] = {}  # the same entries, by seq
         self._droppable: Deque[bool] = deque()  # parallel to unacked
         self.unacked_bytes = 0
         self._drops: List[List[int]] = []  # runs [first_seq, last_seq, nbytes] dropped, not yet reported
@@ -290,7 +291,10 @@ class Connection:
         """A fresh byte stream: reset the decoder and the output, keep the sequence state."""
         self.peer_hello: Optional[Hello] = None
         self.linked = False
-        self._out: List[Any] = []  # buffers (bytes, memoryviews) to write, in order
+        # What to write, in order: control frames as bytes, data frames as ranges of seqs that are
+        # looked up in the replay buffer only when written, so a stalled link holds no copies and
+        # frames dropped meanwhile become skips.
+        self._out: Deque[Any] = deque()
         self._chunks: Deque[bytes] = deque()  # received, not yet parsed; the first from _offset
         self._offset = 0
         self.buffered_bytes = 0
@@ -328,11 +332,17 @@ class Connection:
                                      % (size, MAX_FRAME))
         pieces[0] = _HEADER.pack(size + 1, _DATA)
         self.sent_seq = seq
-        self.unacked.append((seq, size + _HEADER.size, tuple(pieces)))
+        entry = (seq, size + _HEADER.size, tuple(pieces))
+        self.unacked.append(entry)
+        self._held[seq] = entry
         self._droppable.append(channel in DROPPABLE)
         self.unacked_bytes += size + _HEADER.size
         if self.linked:
-            self._out.extend(pieces)
+            last = self._out[-1] if self._out else None
+            if isinstance(last, range) and last.stop == seq:
+                self._out[-1] = range(last.start, seq + 1)
+            else:
+                self._out.append(range(seq, seq + 1))
         if self.unacked_bytes > self.max_buffer:
             self._drop_oldest_output()
         return seq
@@ -346,6 +356,7 @@ class Connection:
                 continue
             seq, size, _ = self.unacked[index]
             del self.unacked[index]
+            del self._held[seq]
             del self._droppable[index]
             self.unacked_bytes -= size
             if self._drops and self._drops[-1][1] == seq - 1:
@@ -392,13 +403,40 @@ class Connection:
     def send_log(self, text: str) -> None:
         self._out.append(self._frame(_LOG, text.encode("utf-8", "replace")))
 
+    @property
+    def pending(self) -> bool:
+        """Is anything queued for the transport?"""
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Everything queued since the last call, ready for the transport, as one bytes."""
         return b"".join(self.buffers_to_send())
 
-    def buffers_to_send(self) -> List[Any]:
-        """The same as buffers, not joined: for a vectored write (``socket.sendmsg``) with no copy."""
-        out, self._out = self._out, []
+    def buffers_to_send(self, budget: Optional[int] = None) -> List[Any]:
+        """The same as buffers, not joined, for a vectored write (``socket.sendmsg``) with no copy;
+        with a ``budget``, about that many bytes of data frames (the rest stays queued)."""
+        out: List[Any] = []
+        total = 0
+        while self._out and (budget is None or total < budget):
+            item = self._out.popleft()
+            if not isinstance(item, range):
+                out.append(item)
+                continue
+            seq = item.start
+            while seq < item.stop and (budget is None or total < budget):
+                entry = self._held.get(seq)
+                if entry is None:  # dropped from the replay buffer before it was written
+                    end = seq
+                    while end + 1 < item.stop and end + 1 not in self._held:
+                        end += 1
+                    out.append(self._skip(seq, end))
+                    seq = end + 1
+                    continue
+                out.extend(entry[2])
+                total += entry[1]
+                seq += 1
+            if seq < item.stop:
+                self._out.appendleft(range(seq, item.stop))
         return out
 
     def resume(self, peer_received: int) -> None:
@@ -411,30 +449,30 @@ class Connection:
             raise RemoteProtocolError("the peer claims frame %d, but only %d were sent"
                                       % (peer_received, self.sent_seq))
         self._drop_acked(peer_received)
-        expected = peer_received + 1
-        for seq, _, pieces in self.unacked:
-            if seq > expected:
-                self._skip(expected, seq - 1)
-            self._out.extend(pieces)
-            expected = seq + 1
-        if self.sent_seq >= expected:
-            self._skip(expected, self.sent_seq)
-        self._drops = [run for run in self._drops if run[1] > self.sent_seq]
+        if self.sent_seq > peer_received:
+            self._out.append(range(peer_received + 1, self.sent_seq + 1))
         self.linked = True
 
     def resend_unacked(self, peer_received: int) -> None:
         """Compatibility name for ``resume``."""
         self.resume(peer_received)
 
-    def _skip(self, first: int, last: int) -> None:
-        nbytes = sum(run[2] for run in self._drops if run[0] >= first and run[1] <= last)
+    def _skip(self, first: int, last: int) -> bytes:
+        """A skip frame for seqs first..last, which the peer will never get."""
+        nbytes = 0
+        for run_first, run_last, run_bytes in self._drops:
+            low, high = max(first, run_first), min(last, run_last)
+            if low <= high:  # a run the peer partly has: count its share (its frames are alike)
+                nbytes += run_bytes * (high - low + 1) // (run_last - run_first + 1)
+        self._drops = [run for run in self._drops if run[1] > last]
         self.dropped_frames += last - first + 1
         self.dropped_bytes += nbytes
-        self._out.append(self._frame(_SKIP, _SKIP_BODY.pack(last, last - first + 1, nbytes)))
+        return self._frame(_SKIP, _SKIP_BODY.pack(last, last - first + 1, nbytes))
 
     def _drop_acked(self, seq: int) -> None:
         while self.unacked and self.unacked[0][0] <= seq:
-            _, size, _ = self.unacked.popleft()
+            first, size, _ = self.unacked.popleft()
+            del self._held[first]
             self._droppable.popleft()
             self.unacked_bytes -= size
         self._drops = [run for run in self._drops if run[1] > seq]

@@ -1,6 +1,7 @@
 """Restart in place: Jupyter's restart re-attaches to the agent, through our ControlMaster."""
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,14 @@ from tests.kernels import proxy_argv, run_cell, running_kernel
 
 
 def test_restart_in_place_opens_no_login_and_beats_a_cold_start(sshd: Any, tmp_path: Path) -> None:
+    colds = []
+    for attempt in range(2):  # each a new kernel: a new login, a new agent
+        started = time.monotonic()
+        with running_kernel(proxy_argv(sshd), tmp_path / str(attempt)):
+            colds.append(time.monotonic() - started)
     started = time.monotonic()
-    with running_kernel(proxy_argv(sshd), tmp_path) as (km, kc):
-        cold = time.monotonic() - started
+    with running_kernel(proxy_argv(sshd), tmp_path / "restarted") as (km, kc):
+        colds.append(time.monotonic() - started)
         run_cell(kc, "state = 1")
         logins = sshd.login_count()
         restarts = []
@@ -25,6 +31,6 @@ def test_restart_in_place_opens_no_login_and_beats_a_cold_start(sshd: Any, tmp_p
             run_cell(kc, "state = 1")
         assert sshd.login_count() == logins
         # Issue 4 asks for 2x; on loopback jupyter_client's own restart path (interrupt, the old
-        # kernel's exit, a 0.1 s poll, a new proxy process) is most of what is left: measured 0.7 s
-        # against a 0.95 s cold start. What we control is shown here: no login, and faster.
-        assert sorted(restarts)[1] < cold, "restarts %s vs cold start %.2f s" % (restarts, cold)
+        # kernel's exit, a 0.1 s poll, a new proxy process) is most of what is left: measured about
+        # 0.7 s against a 0.95 s cold start. What we control is shown here: no login, and faster.
+        assert statistics.median(restarts) < statistics.median(colds), (restarts, colds)

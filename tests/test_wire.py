@@ -426,3 +426,39 @@ def test_any_messages_round_trip_under_any_chunking(messages: List[Tuple[str, Li
     events = decode(split(sender.data_to_send(), cuts))
     assert [type(e) for e in events[:1]] == [wire.Hello]
     assert events[1:] == [wire.ChannelData(ch, i + 1, tuple(p)) for i, (ch, p) in enumerate(messages)]
+
+
+def test_skip_reports_the_bytes_of_runs_the_peer_partly_has() -> None:
+    # Acks are batched: a dropped run often starts with frames the peer already has.
+    sender = wire.Connection("agent", session="s", max_buffer=10_000)
+    sender.send_hello()
+    sender.resume(0)
+    sender.data_to_send()
+    for _ in range(3):
+        sender.send_data("iopub", [b"a" * 1000])
+    sender.new_link()
+    for _ in range(50):
+        sender.send_data("iopub", [b"x" * 1000])
+    kept = seqs(sender)
+    sender.send_hello()
+    sender.resume(3)
+    peer = wire.Connection("proxy")
+    peer.received_seq = 3  # it got the first three
+    events = decode([sender.data_to_send()], peer)[1:]
+    frame_size = len(frame(DATA, data_payload(3, 1, 1, part(b"x" * 1000))))
+    lost = [seq for seq in range(4, 54) if seq not in kept]
+    assert sum(e.frames for e in events if isinstance(e, wire.Skipped)) == len(lost)
+    assert sum(e.nbytes for e in events if isinstance(e, wire.Skipped)) == len(lost) * frame_size
+
+
+def test_a_stalled_link_takes_frames_lazily_and_skips_those_dropped_meanwhile() -> None:
+    sender = wire.Connection("agent", session="s", max_buffer=5_000)
+    sender.send_hello()
+    sender.resume(0)
+    sender.data_to_send()
+    for i in range(20):  # written to nobody: the link is stalled
+        sender.send_data("iopub", [b"%04d" % i * 250])
+    first = sender.buffers_to_send(budget=1)  # one frame at most, and a skip before it
+    events = decode([hello_bytes("agent"), b"".join(first)], wire.Connection("proxy"))[1:]
+    assert [type(e) for e in events] == [wire.Skipped, wire.ChannelData]
+    assert events[1].seq == seqs(sender)[0] and sender.pending
