@@ -66,7 +66,9 @@ def stdout_of(outputs: List[Dict[str, Any]]) -> str:
 
 def repo_python(name: str) -> str:
     """A venv that scripts/setup-test-env made (.venvs/NAME), as an environment prefix."""
-    prefix = Path(__file__).resolve().parent.parent / ".venvs" / name
+    # "system" lives outside the clone: a second local user must be able to reach it.
+    prefix = Path("/opt/proxykernel-test/system") if name == "system" else (
+        Path(__file__).resolve().parent.parent / ".venvs" / name)
     assert (prefix / "bin" / "python").exists(), "%s is missing: run scripts/setup-test-env" % prefix
     return str(prefix)
 
