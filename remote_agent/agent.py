@@ -152,6 +152,7 @@ class Agent:
         self.dealers: Dict[Tuple[str, bytes], zmq.Socket] = {}
         self.routes: Dict[zmq.Socket, Tuple[str, bytes]] = {}
         self.exit_code: Optional[int] = None
+        self.retired: List[Tuple["subprocess.Popen[bytes]", float]] = []  # old kernels still exiting
 
     def log(self, message: str) -> None:
         """To the proxy (so to Jupyter's log) when attached, and to the daemon's own log file."""
@@ -171,6 +172,9 @@ class Agent:
                 self.step(POLL_MS)
         finally:
             self.stop_kernel()
+            for old, _ in self.retired:
+                old.kill()
+                old.wait()
             self.close_kernel_sockets()
             self.context.term()
         return self.exit_code
@@ -193,6 +197,11 @@ class Agent:
         self.flush()
 
     def check_timers(self, now: float) -> None:
+        for old, deadline in list(self.retired):
+            if old.poll() is not None:
+                self.retired.remove((old, deadline))
+            elif now > deadline:
+                old.kill()
         if self.kernel is not None and self.kernel.poll() is not None:
             self.kernel_exited(self.kernel.returncode)
         if self.heartbeat is not None:
@@ -510,7 +519,25 @@ class Agent:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.conn.send_data(channel, [identity] + [frame.buffer for frame in frames])
+            buffers = [frame.buffer for frame in frames]
+            self.conn.send_data(channel, [identity] + buffers)
+            if (channel == "control" and self.restart_expected
+                    and b'"shutdown_reply"' in wire.message_part(buffers, 1)):
+                self.retire_for_restart()
+                return
+
+    def retire_for_restart(self) -> None:
+        """The kernel answered a restart's shutdown_request: let the proxy go now (Jupyter waits
+        for it to exit before it starts the next one) and start the next kernel at once, while the
+        old one finishes exiting on its own."""
+        assert self.kernel is not None
+        self.conn.send_kernel_exited(0)
+        self.flush_blocking(5.0)
+        old = self.kernel
+        self.forget_kernel()
+        self.exited_code = None  # reported above
+        self.retired.append((old, time.monotonic() + KILL_GRACE))
+        self.launch_kernel()
 
     def relay_iopub(self) -> None:
         assert self.iopub is not None
