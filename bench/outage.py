@@ -186,9 +186,10 @@ def one_round(sshd: SSHServer, spec: Spec, log: Any, tmp: Path) -> Dict[str, flo
 
 def measure(reps: int, settings: Sequence[str], say: Any) -> Dict[str, Any]:
     results: Dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="pxk-outage-"))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "outage-kernels.log", "wb") as log, SSHServer() as sshd:
+    with tempfile.TemporaryDirectory(prefix="pxk-outage-") as tmpdir, \
+            open(RESULTS / "outage-kernels.log", "wb") as log, SSHServer() as sshd:
+        tmp = Path(tmpdir)
         for name in settings:
             argv = [sys.executable, "-m", "proxykernel", "--host", sshd.alias, "--python", sys.executable,
                     "--ssh-config", str(sshd.config_path), *SETTINGS[name],

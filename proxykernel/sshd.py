@@ -360,6 +360,22 @@ class SSHServer:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def _terminate_sessions(self, ns):
+        """SIGTERM to what the "remote" runs (agents, kernels), as a host shutdown would, so they
+        remove their own files; the listener's --kill-child would SIGKILL them."""
+        listener = [p for p in pids_in_pgroup(self.pid) if p != self.pid]
+        sessions = [p for p in (pids_in_namespace(ns) if ns else ()) if p not in listener]
+        for pid in sessions:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any((read_stat(p) or ("", "Z"))[1] != "Z" for p in sessions):  # gone or a zombie: done
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL)
+
     def stop(self):
         """Kill the server and everything in its PID namespace, then remove tmpdir.
 
@@ -369,6 +385,7 @@ class SSHServer:
         if self.proc is not None:
             pgid = self.pid  # start_new_session=True: pgid == pid
             ns = self.ns or self._find_namespace()
+            self._terminate_sessions(ns)
             try:
                 os.killpg(pgid, signal.SIGTERM)
             except ProcessLookupError:
