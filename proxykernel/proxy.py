@@ -138,6 +138,9 @@ class Proxy:
         self.conn.send_hello()
         if not self.ready and self.attempts == 0:
             self.conn.send_start(self.start_config)
+            # A first link starts a new session: the agent has received nothing, so what frontends
+            # sent can follow at once instead of a round trip later, after the agent's hello.
+            self.conn.resume(0)
         self.attempts += 1
         transport = SSHTransport(self.argv, lambda data: None, lambda line: None, lambda code: None)
         transport.on_data = functools.partial(self.on_ssh_data, transport)
@@ -299,7 +302,8 @@ class Proxy:
                       "the host restarted); restart the kernel" % self.config.host)
             return
         replay = sum(1 for seq, _, _ in self.conn.unacked if seq > hello.received)
-        self.conn.resume(hello.received)
+        if not self.conn.linked:  # (a first link went ahead already: everything is on its way)
+            self.conn.resume(hello.received)
         self.heartbeat = wire.Heartbeat(self.config.heartbeat_interval, self.config.heartbeat_timeout,
                                         time.monotonic())
         if self.lost_at is not None:

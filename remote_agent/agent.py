@@ -290,9 +290,7 @@ class Agent:
             self.exit_code = 0
 
     def hello(self, hello: wire.Hello) -> None:
-        resumed = bool(self.conn.session) and hello.session == self.conn.session
-        if not resumed:
-            self.conn.reset_session(hello.session)
+        resumed = self.conn.resumed  # the decoder has already reset a new session's state
         self.conn.send_hello(capabilities=["resumed"] if resumed else [])
         self.conn.resume(hello.received)
         self.send_logs()

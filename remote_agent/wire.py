@@ -290,6 +290,7 @@ class Connection:
     def new_link(self) -> None:
         """A fresh byte stream: reset the decoder and the output, keep the sequence state."""
         self.peer_hello: Optional[Hello] = None
+        self.resumed = False  # (agent) did the peer's hello continue our session?
         self.linked = False
         # What to write, in order: control frames as bytes, data frames as ranges of seqs that are
         # looked up in the replay buffer only when written, so a stalled link holds no copies and
@@ -574,6 +575,12 @@ class Connection:
             if kind != _HELLO:
                 raise RemoteProtocolError("the peer sent frame type %d before its hello" % kind)
             self.peer_hello = _parse_hello(payload, "remote agent" if self.role == "proxy" else "proxy")
+            if self.role == "agent":
+                # A hello from another proxy starts a new conversation. Reset here, before the
+                # frames that follow it in the same chunk are counted.
+                self.resumed = bool(self.session) and self.peer_hello.session == self.session
+                if not self.resumed:
+                    self.reset_session(self.peer_hello.session)
             return self.peer_hello
         if kind == _HELLO:
             raise RemoteProtocolError("the peer sent a second hello on the same stream")

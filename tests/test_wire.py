@@ -303,7 +303,7 @@ def test_unacked_holds_data_until_an_ack_covers_it() -> None:
 
 @pytest.mark.parametrize("peer_received", range(6))
 def test_resend_after_a_drop_delivers_each_message_once(peer_received: int) -> None:
-    sender = wire.Connection("proxy")
+    sender = wire.Connection("proxy", session="s-1")  # the agent resumes only the same session
     sender.send_hello()
     sender.resume(0)
     hello = sender.data_to_send()
