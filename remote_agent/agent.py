@@ -28,7 +28,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import zmq
 
 from remote_agent import wire
-from remote_agent.attach import connect, options, socket_path
+from remote_agent.attach import connect, options, runtime_dir, socket_path
 
 __all__ = ["daemon_main", "Agent"]
 
@@ -78,14 +78,6 @@ def daemon_main(argv: List[str]) -> None:
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through Agent.run, which stops the kernel
-
-
-def _private_dir() -> str:
-    """A fresh 0700 directory for the connection file and ipc sockets, on a short path."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or ""
-    if not (base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60):
-        base = tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix="pxk-", dir=base)  # mkdtemp makes it 0700
 
 
 def _free_tcp_ports(count: int) -> List[int]:
@@ -362,7 +354,9 @@ class Agent:
     def launch_kernel(self) -> None:
         config = self.config
         self.close_kernel_sockets()
-        self.connection_dir = _private_dir()
+        # A fresh 0700 directory (mkdtemp) for the connection file and ipc sockets, inside our
+        # per-user runtime directory: private twice over, and short (unix socket paths are too).
+        self.connection_dir = tempfile.mkdtemp(prefix="pxk-", dir=runtime_dir())
         fname = os.path.join(self.connection_dir, "kernel.json")
         transport = config.get("transport", "ipc")
         ip = os.path.join(self.connection_dir, "k") if transport == "ipc" else "127.0.0.1"

@@ -454,10 +454,6 @@ class Connection:
             self._out.append(range(peer_received + 1, self.sent_seq + 1))
         self.linked = True
 
-    def resend_unacked(self, peer_received: int) -> None:
-        """Compatibility name for ``resume``."""
-        self.resume(peer_received)
-
     def _skip(self, first: int, last: int) -> bytes:
         """A skip frame for seqs first..last, which the peer will never get."""
         nbytes = 0
