@@ -18,6 +18,7 @@ import zmq
 from zmq.eventloop.zmqstream import ZMQStream
 
 from proxykernel.config import ConnectionFileError, load_connection_file
+from remote_agent.wire import Buffer
 
 __all__ = ["Frontend", "load_connection_file", "ConnectionFileError"]
 
@@ -104,7 +105,7 @@ class Frontend:
         frames = self.signer.message("iopub_welcome", {"subscription": topic.decode("utf-8", "replace")})
         self.streams["iopub"].send_multipart(([topic] if topic else []) + frames)
 
-    def publish_stream(self, text: str, before: Sequence[bytes]) -> None:
+    def publish_stream(self, text: str, before: Sequence[Buffer]) -> None:
         """Show ``text`` on stderr in the cell that the IOPub message ``before`` belongs to."""
         try:
             parent = json.loads(bytes(before[list(before).index(b"<IDS|MSG>") + 3]))
@@ -113,7 +114,7 @@ class Frontend:
         frames = self.signer.message("stream", {"name": "stderr", "text": text}, parent)
         self.streams["iopub"].socket.send_multipart([b"stream"] + frames)
 
-    def send(self, channel: str, frames: Sequence[bytes]) -> None:
+    def send(self, channel: str, frames: Sequence[Buffer]) -> None:
         """Deliver a kernel message: on routed channels ``frames[0]`` is the frontend's identity."""
         stream = self.streams.get(channel)
         if stream is not None and channel != "hb":

@@ -511,7 +511,7 @@ class Agent:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            buffers = [frame.buffer for frame in frames]
+            buffers: List[wire.Buffer] = [frame.buffer for frame in frames]
             self.conn.send_data(channel, [identity] + buffers)
             if (channel == "control" and self.restart_expected
                     and b'"shutdown_reply"' in wire.message_part(buffers, 1)):
@@ -538,7 +538,7 @@ class Agent:
                 frames = self.iopub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            buffers = [frame.buffer for frame in frames]  # no copy: they go out as they came
+            buffers: List[wire.Buffer] = [frame.buffer for frame in frames]  # no copy: as they came
             if not self.welcomed and wire.is_welcome(buffers):
                 self.welcomed = True
                 continue

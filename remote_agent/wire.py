@@ -28,7 +28,7 @@ __all__ = [
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "VersionMismatch",
     "Hello", "ChannelData", "Ack", "Ping", "Pong", "Start", "Ready", "Interrupt", "Shutdown",
     "KernelExited", "ErrorReport", "LogLine", "Skipped", "Noise", "Event", "Connection", "Heartbeat",
-    "message_part", "is_welcome", "restart_requested",
+    "message_part", "is_welcome", "restart_requested", "Buffer",
 ]
 
 PROTOCOL_VERSION = 1
@@ -86,7 +86,7 @@ class Hello:
 class ChannelData:
     channel: str
     seq: int
-    frames: Tuple[bytes, ...]
+    frames: Tuple["Buffer", ...]
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,9 @@ class Noise:
     data: bytes
 
 
+# A message part: bytes, or a zero-copy view of received or zmq-owned memory.
+Buffer = Union[bytes, memoryview]
+
 Event = Union[Hello, ChannelData, Ack, Ping, Pong, Start, Ready, Interrupt, Shutdown, KernelExited,
               ErrorReport, LogLine, Skipped, Noise]
 
@@ -163,7 +166,7 @@ def _json_payload(obj: Dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def _parse_json(payload: bytes, what: str) -> Dict[str, Any]:
+def _parse_json(payload: Buffer, what: str) -> Dict[str, Any]:
     try:
         obj = json.loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting is garbage too
@@ -173,7 +176,7 @@ def _parse_json(payload: bytes, what: str) -> Dict[str, Any]:
     return obj
 
 
-def _parse_hello(payload: bytes, peer: str) -> Hello:
+def _parse_hello(payload: Buffer, peer: str) -> Hello:
     obj = _parse_json(payload, "hello")
     version = obj.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
@@ -191,7 +194,7 @@ def _parse_hello(payload: bytes, peer: str) -> Hello:
     return Hello(version, str(obj.get("role", "")), str(obj.get("session", "")), tuple(caps), received)
 
 
-def _parse_data(payload: bytes) -> ChannelData:
+def _parse_data(payload: Buffer) -> ChannelData:
     if len(payload) < _DATA_HEAD.size:
         raise RemoteProtocolError("the peer sent a truncated data frame")
     channel_id, seq, count = _DATA_HEAD.unpack_from(payload)
@@ -202,7 +205,7 @@ def _parse_data(payload: bytes) -> ChannelData:
     # Each part costs at least 4 bytes of length, so a count that cannot fit is garbage.
     if count * _U32.size > len(payload) - pos:
         raise RemoteProtocolError("the peer sent a data frame with an impossible part count")
-    frames = []
+    frames: List[Buffer] = []
     for _ in range(count):
         if pos + _U32.size > len(payload):
             raise RemoteProtocolError("the peer sent a data frame whose parts overrun it")
@@ -223,7 +226,7 @@ def _fixed(fmt: struct.Struct, payload: bytes, what: str) -> Any:
     return fmt.unpack(payload)[0]
 
 
-def _parse_skip(payload: bytes) -> Skipped:
+def _parse_skip(payload: Buffer) -> Skipped:
     if len(payload) != _SKIP_BODY.size:
         raise RemoteProtocolError("the peer sent a skip frame of the wrong size")
     return Skipped(*_SKIP_BODY.unpack(payload))
@@ -314,7 +317,7 @@ class Connection:
                  "capabilities": list(capabilities), "received": self.received_seq}
         self._out.append(MAGIC + self._frame(_HELLO, _json_payload(hello)))
 
-    def send_data(self, channel: str, frames: Sequence[bytes]) -> int:
+    def send_data(self, channel: str, frames: Sequence[Buffer]) -> int:
         """Queue one whole ZMQ message for ``channel``; returns its sequence number."""
         try:
             channel_id = CHANNELS.index(channel)
@@ -508,7 +511,9 @@ class Connection:
 
     def _coalesce(self) -> None:
         """All buffered chunks into one (rare: only a header split across reads needs it)."""
-        joined = b"".join([memoryview(self._chunks[0])[self._offset:]] + list(self._chunks)[1:])
+        parts: List[Buffer] = [memoryview(self._chunks[0])[self._offset:]]
+        parts.extend(list(self._chunks)[1:])
+        joined = b"".join(parts)
         self._chunks = deque([joined])
         self._offset = 0
 
@@ -566,7 +571,7 @@ class Connection:
                 "agent, or something on the remote prints to its output" % MAX_NOISE)
         events.append(Noise(bytes(noise)))
 
-    def _parse(self, kind: int, payload: bytes) -> Event:
+    def _parse(self, kind: int, payload: Buffer) -> Event:
         if self.peer_hello is None:
             if kind != _HELLO:
                 raise RemoteProtocolError("the peer sent frame type %d before its hello" % kind)
@@ -633,7 +638,7 @@ class Heartbeat:
 
 
 # -- peeking into Jupyter messages (relayed opaquely otherwise) --------------------------------
-def message_part(frames: Sequence[bytes], index: int) -> bytes:
+def message_part(frames: Sequence[Buffer], index: int) -> bytes:
     """Part ``index`` after the ``<IDS|MSG>`` delimiter (0 = signature, 1 = header, 4 = content)."""
     for at, part in enumerate(frames):
         if part == b"<IDS|MSG>":
@@ -641,13 +646,13 @@ def message_part(frames: Sequence[bytes], index: int) -> bytes:
     return b""
 
 
-def is_welcome(frames: Sequence[bytes]) -> bool:
+def is_welcome(frames: Sequence[Buffer]) -> bool:
     """An IOPub ``iopub_welcome``: the kernel's answer to the agent's own subscription."""
     header = message_part(frames, 1)
     return len(header) < 1024 and b'"iopub_welcome"' in header
 
 
-def restart_requested(frames: Sequence[bytes]) -> Optional[bool]:
+def restart_requested(frames: Sequence[Buffer]) -> Optional[bool]:
     """For a message on control: None unless it is a shutdown_request; then, does it ask for a restart?"""
     header = message_part(frames, 1)
     if b'"shutdown_request"' not in header:
