@@ -7,7 +7,6 @@ interrupt and SIGTERM into a shutdown, and exit with the remote kernel's exit co
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import subprocess
@@ -142,10 +141,7 @@ class Proxy:
             # sent can follow at once instead of a round trip later, after the agent's hello.
             self.conn.resume(0)
         self.attempts += 1
-        transport = SSHTransport(self.argv, lambda data: None, lambda line: None, lambda code: None)
-        transport.on_data = functools.partial(self.on_ssh_data, transport)
-        transport.on_stderr = functools.partial(self.on_ssh_stderr, transport)
-        transport.on_exit = functools.partial(self.on_ssh_exit, transport)
+        transport = SSHTransport(self.argv, self.on_ssh_data, self.on_ssh_stderr, self.on_ssh_exit)
         self.ssh = transport
         self.link_started = time.monotonic()
         asyncio.ensure_future(self._start(transport))

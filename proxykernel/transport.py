@@ -105,8 +105,10 @@ class SSHTransport:
     OpenSSH ControlPersist master inherits stderr and keeps it open long after we are done.
     """
 
-    def __init__(self, argv: List[str], on_data: Callable[[bytes], None],
-                 on_stderr: Callable[[str], None], on_exit: Callable[[Optional[int]], None]) -> None:
+    def __init__(self, argv: List[str], on_data: Callable[["SSHTransport", bytes], None],
+                 on_stderr: Callable[["SSHTransport", str], None],
+                 on_exit: Callable[["SSHTransport", Optional[int]], None]) -> None:
+        """Each callback gets this transport first, so the owner can ignore a replaced one."""
         self.argv = argv
         self.on_data = on_data
         self.on_stderr = on_stderr
@@ -132,13 +134,13 @@ class SSHTransport:
         self._stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
 
     def _data(self, data: bytes) -> None:
-        self.on_data(data)
+        self.on_data(self, data)
 
     def _stderr(self, data: bytes) -> None:
         lines = (self._stderr_tail + data).split(b"\n")
         self._stderr_tail = lines.pop()
         for line in lines:
-            self.on_stderr(line.decode("utf-8", "replace").rstrip("\r"))
+            self.on_stderr(self, line.decode("utf-8", "replace").rstrip("\r"))
 
     def _stdout_closed(self) -> None:
         self._poll_exit(time.monotonic() + EXIT_WAIT)
@@ -152,7 +154,7 @@ class SSHTransport:
             return
         self._drain_stderr()
         if self._stderr_tail:
-            self.on_stderr(self._stderr_tail.decode("utf-8", "replace"))
+            self.on_stderr(self, self._stderr_tail.decode("utf-8", "replace"))
             self._stderr_tail = b""
         for reader in self._readers:
             reader.close()
@@ -160,7 +162,7 @@ class SSHTransport:
             self._stdin.close()
         self.returncode = self.popen.returncode
         self._exited.set()
-        self.on_exit(self.returncode)
+        self.on_exit(self, self.returncode)
 
     def _drain_stderr(self) -> None:
         """ssh's last words (why it failed) may still sit in the pipe when its exit is seen."""
