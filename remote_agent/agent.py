@@ -7,6 +7,10 @@ stream is attached, keeps what the proxy has not acknowledged for replay, and st
 
 Self-contained: stdlib and pyzmq (which ipykernel already brings); Python >= 3.8 syntax; a
 ``zmq.Poller`` loop, no tornado.
+
+A new daemon launches the kernel before it imports zmq: it reads the first link with the stdlib
+until the Start frame, starts ipykernel (about 0.3 s to get going), and imports zmq (30-40 ms of
+CPU) while the kernel boots. Nothing outside ``Agent`` may use zmq for that reason.
 """
 from __future__ import annotations
 
@@ -23,9 +27,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
-
-import zmq
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from remote_agent import wire
 from remote_agent.attach import connect, options, runtime_dir, socket_path
@@ -42,6 +44,13 @@ SENDMSG_PIECES = 512  # buffers per vectored send (IOV_MAX is 1024 on Linux)
 # holds no more than this beyond the (capped) replay buffer itself.
 OUT_BUDGET = 4 * 1024 * 1024
 LOG_BACKLOG = 200  # log lines kept while no proxy is attached
+# How long a new daemon waits, zmq not yet imported, for its first link and that link's Start
+# frame. The first link brings Start at once; one that does not (a reconnect that found the old
+# daemon gone) is served by the Agent after this.
+FIRST_START_WAIT = 1.0
+
+if TYPE_CHECKING:
+    import zmq
 
 
 def _stderr(message: str) -> None:
@@ -64,8 +73,19 @@ def daemon_main(argv: List[str]) -> None:
         listener.bind(path)
     listener.listen(4)
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    first = _FirstLink(wire.Connection("agent", max_buffer=opts.buffer))
     try:
-        code = Agent(listener, opts).run()
+        try:
+            _read_first_start(listener, first)
+            _import_zmq()  # while the kernel starts
+            agent = Agent(listener, opts, first.conn)
+        except BaseException:
+            if first.launch is not None:  # a SIGTERM, or no usable zmq: no kernel is left behind
+                _discard_launch(first.launch)
+            if first.link is not None:
+                first.link.close()
+            raise
+        code = agent.run(first)
     finally:
         listener.close()
         for leftover in (path, path[:-len(".sock")] + ".log"):
@@ -74,6 +94,65 @@ def daemon_main(argv: List[str]) -> None:
             except OSError:
                 pass
     sys.exit(code if 0 <= code < 256 else 1)
+
+
+def _import_zmq() -> None:
+    """Import pyzmq into this module's namespace: ``Agent`` is its only user (see the docstring)."""
+    global zmq
+    import zmq
+
+
+class _FirstLink:
+    """What a new daemon got before it had zmq: its first link, what that link said, and the
+    kernel launched for its Start frame. ``Agent.run`` takes it over."""
+
+    def __init__(self, conn: wire.Connection) -> None:
+        self.conn = conn  # has parsed what was read: frames after Start are in ``events``
+        self.link: Optional[socket.socket] = None
+        self.accepted_at = 0.0
+        self.events: List[wire.Event] = []
+        self.error: Optional[wire.ProtocolError] = None  # raised by the decoder
+        self.closed: Optional[str] = None  # why the link ended, if it did
+        self.launch: Optional[_Launch] = None
+
+
+def _read_first_start(listener: socket.socket, first: _FirstLink) -> None:
+    """Accept the first link and read it until the Start frame has been parsed, then launch the
+    kernel. Stdlib only; stops early (the Agent takes over as is) on EOF, an error or a timeout."""
+    deadline = time.monotonic() + FIRST_START_WAIT
+    listener.settimeout(FIRST_START_WAIT)
+    try:
+        link, _ = listener.accept()
+    except OSError:  # socket.timeout is an OSError
+        return
+    finally:
+        listener.settimeout(None)
+    first.link, first.accepted_at = link, time.monotonic()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        link.settimeout(remaining)
+        try:
+            data = link.recv(READ_SIZE)
+        except socket.timeout:
+            break
+        except OSError as error:
+            first.closed = str(error)
+            break
+        if not data:
+            first.closed = "the ssh connection closed"
+            break
+        try:
+            first.events.extend(first.conn.receive_data(data))
+        except wire.ProtocolError as error:
+            first.error = error
+            break
+        start = next((event for event in first.events if isinstance(event, wire.Start)), None)
+        if start is not None:
+            first.launch = _launch_kernel(start.config)
+            break
+    link.setblocking(False)
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
@@ -113,14 +192,67 @@ def _ipykernel_version() -> str:
         return "unknown"
 
 
+class _Launch(NamedTuple):
+    """A kernel process started for a Start frame's ``config``, by ``_launch_kernel``."""
+    config: Dict[str, Any]
+    process: Optional["subprocess.Popen[bytes]"]  # None: Popen failed, ``error`` says why
+    connection_dir: Optional[str]
+    connection_info: Dict[str, Any]
+    error: str
+
+
+def _launch_kernel(config: Dict[str, Any]) -> _Launch:
+    """Write the connection file and start ipykernel. Plain Python, no zmq: a new daemon calls it
+    before it imports zmq, the Agent for every later kernel."""
+    # A fresh 0700 directory (mkdtemp) for the connection file and ipc sockets, inside our
+    # per-user runtime directory: private twice over, and short (unix socket paths are too).
+    connection_dir = tempfile.mkdtemp(prefix="pxk-", dir=runtime_dir())
+    fname = os.path.join(connection_dir, "kernel.json")
+    transport = config.get("transport", "ipc")
+    ip = os.path.join(connection_dir, "k") if transport == "ipc" else "127.0.0.1"
+    info = _write_connection_file(fname, transport, ip, config)
+    env = dict(os.environ)
+    env.update(config.get("env", {}))
+    try:
+        process = subprocess.Popen(
+            # stdout only carries ipykernel's console banner (cell output goes over IOPub).
+            [sys.executable, "-m", "ipykernel_launcher", "-f", fname], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+            start_new_session=True)  # cwd: where the remote shell cd-ed (--workdir)
+    except OSError as error:
+        shutil.rmtree(connection_dir, ignore_errors=True)
+        return _Launch(config, None, None, info,
+                       "could not start the kernel on %s: %s" % (socket.gethostname(), error))
+    assert process.stderr is not None
+    os.set_blocking(process.stderr.fileno(), False)
+    return _Launch(config, process, connection_dir, info, "")
+
+
+def _discard_launch(launch: _Launch) -> None:
+    """Stop a kernel launched for a Start frame that was never handled, and remove its files."""
+    if launch.process is not None:
+        launch.process.terminate()
+        try:
+            launch.process.wait(KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            launch.process.kill()
+            launch.process.wait()
+        if launch.process.stderr is not None:
+            launch.process.stderr.close()
+    if launch.connection_dir:
+        shutil.rmtree(launch.connection_dir, ignore_errors=True)
+
+
 class Agent:
     """The daemon's state: the kernel process, its ZMQ sockets, and at most one attached stream."""
 
-    def __init__(self, listener: socket.socket, options: argparse.Namespace) -> None:
-        """Called by ``daemon_main`` with its listening socket and the proxy's options."""
+    def __init__(self, listener: socket.socket, options: argparse.Namespace,
+                 conn: Optional[wire.Connection] = None) -> None:
+        """Called by ``daemon_main`` with its listening socket, the proxy's options and the
+        decoder that has read the first link so far."""
         self.listener = listener
         self.options = options
-        self.conn = wire.Connection("agent", max_buffer=options.buffer)
+        self.conn = conn if conn is not None else wire.Connection("agent", max_buffer=options.buffer)
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.poller.register(listener.fileno(), zmq.POLLIN)  # plain fds: Poller.poll returns fds
@@ -145,6 +277,7 @@ class Agent:
         self.routes: Dict[zmq.Socket, Tuple[str, bytes]] = {}
         self.exit_code: Optional[int] = None
         self.retired: List[Tuple["subprocess.Popen[bytes]", float]] = []  # old kernels still exiting
+        self.launched_ahead: Optional[_Launch] = None  # by daemon_main, for the first Start frame
 
     def log(self, message: str) -> None:
         """To the proxy (so to Jupyter's log) when attached, and to the daemon's own log file."""
@@ -158,11 +291,18 @@ class Agent:
                 self.conn.send_log("proxykernel-agent: " + self.logs.popleft())
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, first: Optional[_FirstLink] = None) -> int:
+        """The daemon's loop, until the kernel is done with; ``first``: what ``daemon_main`` did
+        before there was an Agent, taken over before anything else."""
         try:
+            if first is not None:
+                self.take_over(first)
             while self.exit_code is None:
                 self.step(POLL_MS)
         finally:
+            if self.launched_ahead is not None:
+                _discard_launch(self.launched_ahead)
+                self.launched_ahead = None
             self.stop_kernel()
             for old, _ in self.retired:
                 old.kill()
@@ -213,6 +353,24 @@ class Agent:
                 self.exit_code = 0
 
     # -- the attached stream -----------------------------------------------------------------
+    def take_over(self, first: _FirstLink) -> None:
+        """Carry on from where ``daemon_main`` stopped reading the first link: handle what it
+        parsed, in order, with its kernel as the one the Start frame launches."""
+        if first.link is None:
+            return
+        self.link = first.link
+        self.heartbeat = wire.Heartbeat(self.options.ping, self.options.dead, first.accepted_at)
+        self.launched_ahead, first.launch = first.launch, None
+        if first.error is not None:
+            self.reject(first.error)
+        else:
+            self.handle_events(first.events)
+        if self.launched_ahead is not None:  # its Start was never handled (an error before it)
+            _discard_launch(self.launched_ahead)
+            self.launched_ahead = None
+        if first.closed is not None:
+            self.detach(first.closed)
+
     def accept(self) -> None:
         sock, _ = self.listener.accept()
         if self.link is not None:
@@ -250,17 +408,28 @@ class Agent:
         self.heartbeat.heard(time.monotonic())
         try:
             events = self.conn.receive_data(data)
+        except wire.ProtocolError as error:
+            self.reject(error)
+            return
+        self.handle_events(events)
+
+    def handle_events(self, events: List[wire.Event]) -> None:
+        try:
             for event in events:
                 self.handle(event)
         except wire.ProtocolError as error:
-            if self.conn.peer_hello is None or not self.conn.linked:
-                self.conn.send_hello()  # so the proxy can read our version before the error
-            self.conn.send_error(str(error))
-            self.flush()
-            self.detach(str(error))
+            self.reject(error)
             return
         if self.conn.ack_due:
             self.conn.send_ack()
+
+    def reject(self, error: wire.ProtocolError) -> None:
+        """The link broke the protocol: tell the proxy why, then drop the link."""
+        if self.conn.peer_hello is None or not self.conn.linked:
+            self.conn.send_hello()  # so the proxy can read our version before the error
+        self.conn.send_error(str(error))
+        self.flush()
+        self.detach(str(error))
 
     def handle(self, event: wire.Event) -> None:
         if isinstance(event, wire.ChannelData):
@@ -352,29 +521,19 @@ class Agent:
                 "connection_dir": self.connection_dir, "agent_pid": os.getpid()}
 
     def launch_kernel(self) -> None:
-        config = self.config
         self.close_kernel_sockets()
-        # A fresh 0700 directory (mkdtemp) for the connection file and ipc sockets, inside our
-        # per-user runtime directory: private twice over, and short (unix socket paths are too).
-        self.connection_dir = tempfile.mkdtemp(prefix="pxk-", dir=runtime_dir())
-        fname = os.path.join(self.connection_dir, "kernel.json")
-        transport = config.get("transport", "ipc")
-        ip = os.path.join(self.connection_dir, "k") if transport == "ipc" else "127.0.0.1"
-        self.connection_info = _write_connection_file(fname, transport, ip, config)
-        env = dict(os.environ)
-        env.update(config.get("env", {}))
-        try:
-            self.kernel = subprocess.Popen(
-                # stdout only carries ipykernel's console banner (cell output goes over IOPub).
-                [sys.executable, "-m", "ipykernel_launcher", "-f", fname], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                start_new_session=True)  # cwd: where the remote shell cd-ed (--workdir)
-        except OSError as error:
-            self.conn.send_error("could not start the kernel on %s: %s" % (socket.gethostname(), error))
-            self.kernel = None
+        launch, self.launched_ahead = self.launched_ahead, None
+        if launch is None or launch.config is not self.config:
+            if launch is not None:
+                _discard_launch(launch)
+            launch = _launch_kernel(self.config)
+        self.connection_dir = launch.connection_dir
+        self.connection_info = launch.connection_info
+        self.kernel = launch.process
+        if self.kernel is None:
+            self.conn.send_error(launch.error)
             return
         assert self.kernel.stderr is not None
-        os.set_blocking(self.kernel.stderr.fileno(), False)
         self.poller.register(self.kernel.stderr.fileno(), zmq.POLLIN)
         self.kernel_used = False
         self.restart_expected = False

@@ -123,7 +123,7 @@ def _start_daemon(path: str, argv: List[str], stream_fds: Tuple[int, int]) -> so
         sock = connect(path)
         if sock is not None:
             return sock
-        time.sleep(0.005)
+        time.sleep(0.001)  # the new daemon needs ~20 ms to listen: check often, it is cheap
     try:
         with open(log_path, errors="replace") as log_file:
             sys.stderr.write(log_file.read()[-4000:])
