@@ -1,8 +1,11 @@
 """What runs first on the remote host: a one-line shell script and a stdlib-only Python bootstrap.
 
 The bootstrap checks the remote Python and its packages, looks for the agent in the user's cache
-(keyed by the agent's SHA-256), asks for it over the stream when missing, verifies it and runs it.
-Only non-secret values appear on the command line: the session key travels later, inside the stream.
+(keyed by the agent's SHA-256), takes it from the stream when it is not there, verifies it and runs
+it. Only non-secret values appear on the command line: the session key travels later, inside the
+stream. Nothing waits for an answer: the stream starts with the agent (or a zero length, when the
+proxy believes the cache has it), and the agent's own stream follows at once; a cache that lacks
+the agent after all answers NEED and exits, and the proxy starts again with the agent.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 __all__ = ["AgentBundle", "agent_bundle", "remote_command", "remote_python_command", "BootReply", "BootReader",
-           "BOOT_MARK", "CACHE_ONLY"]
+           "BOOT_MARK", "CACHE_ONLY", "NO_AGENT"]
 
 BOOT_MARK = b"\nPXKBOOT "
 # Noise allowed before the bootstrap's line (banners, .bashrc output) before we call it broken.
@@ -40,17 +43,18 @@ def rd(n):
   if not c:sys.exit(4)
   b.append(c);k+=len(c)
  return b"".join(b)
+n=int(rd(12));z=rd(n)if n else b""
 try:
  with open(f,"rb")as x:ok=hashlib.sha256(x.read()).hexdigest()==h
 except OSError:ok=False
 if ok:say("HAVE")
+elif not z:say("NEED");sys.exit(5)
 else:
- say("NEED");z=rd(int(rd(12)))
  if hashlib.sha256(z).hexdigest()!=h:say("ERR corrupt-agent");sys.exit(4)
  try:os.makedirs(d,0o700,exist_ok=True);t=f+".%d"%os.getpid()
  except OSError:t=f=tempfile.mkstemp(suffix=".zip")[1]
  with open(t,"wb")as x:x.write(z)
- os.replace(t,f)
+ os.replace(t,f);say("GOT")
 if sys.argv[2:]==["--cache-only"]:sys.exit(0)
 sys.path.insert(0,f)
 import remote_agent.attach as a
@@ -65,8 +69,12 @@ class AgentBundle:
     sha256: str
 
     def framed(self) -> bytes:
-        """The bytes sent after the bootstrap says NEED: a 12-digit length, then the zip."""
+        """The start of the stream when the agent is sent along: a 12-digit length, then the zip."""
         return b"%012d" % len(self.data) + self.data
+
+
+# The start of the stream when the remote cache is believed to have the agent already.
+NO_AGENT = b"%012d" % 0
 
 
 @lru_cache(maxsize=None)
@@ -125,7 +133,7 @@ def remote_python_command(python: str, code: str, args: Sequence[str] = (), sudo
 
 @dataclass(frozen=True)
 class BootReply:
-    """The bootstrap's verdict: ``HAVE``, ``NEED`` or ``ERR`` with its words."""
+    """The bootstrap's verdict: ``HAVE`` (cached), ``GOT`` (stored now), ``NEED`` or ``ERR`` and its words."""
     status: str
     words: Tuple[str, ...]
 

@@ -6,19 +6,18 @@ Same flags and meaning as the older ``ssh_ipykernel`` (``--host``, ``--python``,
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import shlex
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from proxykernel.config import (ConnectionFileError, ProxyConfig, control_path, load_connection_file,
                                 ssh_command)
-from proxykernel.transport import SSHOptions, spawn_ssh
+from proxykernel.ssh import SSHOptions, spawn_ssh
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["main", "parse_env", "build_parser"]
-
-log = logging.getLogger("proxykernel")
 
 
 def parse_env(values: Sequence[str]) -> Dict[str, str]:
@@ -72,23 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
     survive.add_argument("--buffer-size", type=float, default=256.0, metavar="MB",
                          help="output kept for replay after an outage, per side; beyond it the oldest "
                               "output is dropped and the notebook is told (default: 256)")
+    survive.add_argument("--connection-persist", type=float, default=60.0, metavar="S",
+                         help="the ssh connection shared by this host's kernels stays open this long "
+                              "after the last one ends, so the next start skips the login (default: 60)")
     survive.add_argument("--no-connection-sharing", action="store_true",
-                         help="do not keep an ssh ControlMaster for restarts and reconnects (one is "
-                              "used by default unless your ssh config sets ControlPath)")
+                         help="do not share one ssh ControlMaster per host among kernels, restarts and "
+                              "reconnects (one is used by default unless your ssh config sets ControlPath)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO")
     parser.add_argument("--agent-source", help=argparse.SUPPRESS)  # tests ship a modified agent
     return parser
 
 
+def _logger(level: str) -> "logging.Logger":
+    import logging  # here, not at the top: the first ssh starts before any import it need not wait for
+    logging.basicConfig(level=level, stream=sys.stderr, format="[proxykernel %(levelname)s] %(message)s")
+    return logging.getLogger("proxykernel")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="[proxykernel %(levelname)s] %(message)s")
     try:
         env = parse_env(args.env)
     except ValueError as error:
-        log.error("%s", error)
+        _logger(args.log_level).error("%s", error)
         return 2
     ssh = SSHOptions(host=args.host, config_file=args.ssh_config, options=tuple(args.ssh_option),
                      connect_timeout=args.timeout, ssh=args.ssh_command)
@@ -100,19 +106,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                          heartbeat_timeout=args.heartbeat_timeout,
                          reconnect_timeout=args.reconnect_timeout, linger=args.linger,
                          buffer_size=int(args.buffer_size * 1024 * 1024),
-                         share_connection=not args.no_connection_sharing)
+                         share_connection=not args.no_connection_sharing,
+                         connection_persist=args.connection_persist)
 
-    # ssh first: its handshake (~0.2 s) then overlaps the imports of zmq, tornado and jupyter_client.
-    first_ssh, control = None, None
+    # ssh first: its handshake (~0.2 s) then overlaps the imports of asyncio, zmq and tornado.
+    first_ssh, control, failure = None, None, None
     try:
         key = str(load_connection_file(config.connection_file)["key"])
-        control = control_path(config, key)
+        control = control_path(config)
         first_ssh = spawn_ssh(ssh_command(config, key, control))
     except ConnectionFileError:
         pass  # the proxy reports it, in one sentence
     except OSError as error:
-        log.error("cannot run %r: %s", args.ssh_command, error)
+        failure = error
+    log = _logger(args.log_level)
+    if failure is not None:
+        log.error("cannot run %r: %s", args.ssh_command, failure)
         return 1
+    import asyncio
     from proxykernel.proxy import Proxy
 
     async def run() -> int:

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from proxykernel import manage
 from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
-from proxykernel.transport import SSHOptions
+from proxykernel.ssh import SSHOptions
 
 __all__ = ["main", "build_parser"]
 

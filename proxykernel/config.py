@@ -13,13 +13,11 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
 from proxykernel.bootstrap import agent_bundle, remote_command
-from proxykernel.transport import SSHOptions, ssh_argv
+from proxykernel.ssh import SSHOptions, ssh_argv
 from remote_agent.attach import runtime_dir  # the same 0700 per-user directory, on this side
 
 __all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "ssh_command",
-           "control_path", "stop_master_command"]
-
-CONTROL_PERSIST = 30  # seconds our master outlives its last session: enough for a restart
+           "control_path", "agent_memo_path", "stop_master_command"]
 
 _REQUIRED = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "ip", "key",
              "transport")
@@ -66,6 +64,7 @@ class ProxyConfig:
     linger: float = 3600.0  # the remote agent keeps a kernel this long with no proxy attached
     buffer_size: int = 256 * 1024 * 1024  # replay buffer cap, each side, in bytes
     share_connection: bool = True  # our own ControlMaster, unless the user's config has one
+    connection_persist: float = 60.0  # seconds our master outlives its last session
 
 
 def kernel_id(key: str, connection_file: str) -> str:
@@ -89,16 +88,32 @@ def _users_own_sharing(opts: SSHOptions) -> bool:
     return settings.get("controlpath", "none") != "none"
 
 
-def control_path(config: ProxyConfig, key: str) -> Optional[str]:
-    """Our ControlMaster socket for this kernel, or None when not ours to make.
+def _target_digest(config: ProxyConfig, *extra: object) -> str:
+    """Names what makes a remote target: the same ssh settings reach the same account."""
+    opts = config.ssh
+    parts = [opts.ssh, opts.host, opts.config_file or "", list(opts.options), *extra]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
-    One master per kernel (not per host): a restart or a reconnect reuses it, so it opens no new
-    login (and asks no second 2FA prompt); its own kernel's shutdown can close it without cutting
-    other kernels' sessions.
+
+def control_path(config: ProxyConfig) -> Optional[str]:
+    """Our ControlMaster socket for this host, or None when not ours to make.
+
+    One master per host and ssh settings, shared by all kernels there: a second kernel, a restart
+    or a reconnect opens a session on it, with no new login (and no second 2FA prompt). It
+    outlives its last session by ``connection_persist`` seconds, then exits by itself.
     """
     if not config.share_connection or _users_own_sharing(config.ssh):
         return None
-    return os.path.join(runtime_dir(), "cm-" + kernel_id(key, config.connection_file)[:16])
+    return os.path.join(runtime_dir(), "cm-" + _target_digest(config))
+
+
+def agent_memo_path(config: ProxyConfig) -> str:
+    """A marker that this agent version was found in the remote cache of this target (same ssh
+    settings, Python, sudo and pre-command, which may move the cache): while it exists, starts
+    skip sending the agent along."""
+    digest = _target_digest(config, config.python, config.sudo, config.pre_command or "",
+                            agent_bundle(config.agent_source).sha256)
+    return os.path.join(runtime_dir(), "agent-" + digest)
 
 
 def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None) -> List[str]:
@@ -111,10 +126,12 @@ def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None) ->
     opts = config.ssh
     if control:
         opts = replace(opts, options=tuple(opts.options) + (
-            "ControlMaster=auto", "ControlPath=" + control, "ControlPersist=%d" % CONTROL_PERSIST))
+            "ControlMaster=auto", "ControlPath=" + control,
+            "ControlPersist=%d" % max(1, round(config.connection_persist))))
     return ssh_argv(opts, command)
 
 
 def stop_master_command(config: ProxyConfig, control: str) -> List[str]:
-    """``ssh -O exit`` for our master: after the kernel's final shutdown, or when its link is dead."""
+    """``ssh -O exit`` for our master, when a link through it is found dead: new sessions through a
+    master whose connection is dead would hang, and its other sessions are as dead as ours."""
     return [config.ssh.ssh, "-o", "ControlPath=" + control, "-O", "exit", "--", config.host]

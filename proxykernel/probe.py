@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence
 from proxykernel.bootstrap import (CACHE_ONLY, AgentBundle, BootReader, BootReply, agent_bundle,
                                    remote_command, remote_python_command)
 from proxykernel.proxy import ProxyConfig, boot_error
-from proxykernel.transport import SSHOptions, explain_ssh_failure, ssh_argv
+from proxykernel.ssh import SSHOptions, explain_ssh_failure, ssh_argv
 
 __all__ = ["Target", "RemoteResult", "Runner", "ProbeFailed", "Step", "ssh_runner", "probe_command",
            "read_probe", "check", "deploy", "deploy_report", "discover", "PROBE"]
@@ -164,17 +164,17 @@ def deploy(run: Runner, target: Target, bundle: Optional[AgentBundle] = None) ->
     info = inspect(run, target, bundle)
     info["installed"] = False
     if not info["cached"]:
-        # The bootstrap with CACHE_ONLY says NEED, reads and verifies the zip, stores it, exits.
+        # The bootstrap with CACHE_ONLY reads and verifies the zip, stores it, says GOT and exits.
         command = remote_command(target.python, bundle, target.sudo, [CACHE_ONLY],
                                  target.pre_command, target.workdir)
         result = run(command, bundle.framed())
         reply = _reply(result.stdout)
-        if reply is None or reply.status not in ("NEED", "HAVE"):
+        if reply is None or reply.status not in ("GOT", "HAVE"):
             raise _failure(target, reply, result.code, result.stderr)
         if result.code != 0:
             raise ProbeFailed("the agent could not be stored in the cache on %s (exit code %s): %s"
                               % (target.host, result.code, result.stderr.strip() or "no message"))
-        info["installed"] = reply.status == "NEED"
+        info["installed"] = reply.status == "GOT"
         info["cached"] = True
     return info
 

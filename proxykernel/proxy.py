@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -16,11 +17,12 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from proxykernel.bootstrap import AgentBundle, BootReader, BootReply, agent_bundle
-from proxykernel.config import (ConnectionFileError, ProxyConfig, kernel_id, load_connection_file,
-                                ssh_command, stop_master_command)
+from proxykernel.bootstrap import NO_AGENT, AgentBundle, BootReader, BootReply, agent_bundle
+from proxykernel.config import (ConnectionFileError, ProxyConfig, agent_memo_path, kernel_id,
+                                load_connection_file, ssh_command, stop_master_command)
 from proxykernel.frontend import Frontend
-from proxykernel.transport import SSHTransport, explain_ssh_failure
+from proxykernel.ssh import explain_ssh_failure
+from proxykernel.transport import SSHTransport
 from remote_agent import wire
 
 __all__ = ["ProxyConfig", "Proxy", "boot_error", "kernel_id"]
@@ -73,10 +75,11 @@ class Proxy:
         self.config = config
         self.first_ssh = first_ssh
         self.control = control
-        self.restart_requested = False
         self.context = zmq.Context()
         self.conn = wire.Connection("proxy", session=uuid.uuid4().hex, max_buffer=config.buffer_size)
         self.bundle: AgentBundle = agent_bundle(config.agent_source)
+        self.agent_memo = agent_memo_path(config)
+        self.send_agent = False  # this link's stream starts with the agent (else with NO_AGENT)
         self.frontend: Optional[Frontend] = None
         self.argv: List[str] = []
         self.ssh: Optional[SSHTransport] = None
@@ -141,6 +144,7 @@ class Proxy:
             # sent can follow at once instead of a round trip later, after the agent's hello.
             self.conn.resume(0)
         self.attempts += 1
+        self.send_agent = self.send_agent or not os.path.exists(self.agent_memo)
         transport = SSHTransport(self.argv, self.on_ssh_data, self.on_ssh_stderr, self.on_ssh_exit)
         self.ssh = transport
         self.link_started = time.monotonic()
@@ -152,6 +156,11 @@ class Proxy:
             await transport.start(popen)
         except OSError as error:
             self.fail("cannot run %r: %s" % (self.config.ssh.ssh, error))
+            return
+        # Everything at once, no round trip: the agent (unless the remote cache is known to have
+        # it), then our stream; the bootstrap reads the first part, the agent the rest.
+        transport.write(self.bundle.framed() if self.send_agent else NO_AGENT)
+        self.flush()
 
     def link_lost(self, why: str, dead: bool = False) -> None:
         """The current ssh is gone (``dead``: silent, its network likely broken): before the kernel
@@ -240,7 +249,8 @@ class Proxy:
                 return
             reply, data = result
             self.boot = None
-            self.booted(reply)
+            if not self.booted(reply):
+                return
         try:
             events = self.conn.receive_data(data)
             for event in events:
@@ -252,17 +262,40 @@ class Proxy:
             self.conn.send_ack()
         self.schedule_flush()
 
-    def booted(self, reply: BootReply) -> None:
-        if reply.status == "ERR":
+    def booted(self, reply: BootReply) -> bool:
+        """The bootstrap's verdict; False if this link ends here."""
+        if reply.status == "NEED" and not self.send_agent:
+            # Our memo was stale (the remote cache was emptied): start this link again, with the agent.
+            log.info("the agent is no longer cached on %s; sending it", self.config.host)
+            self._forget_agent_memo()
+            self.send_agent = True
+            old, self.ssh = self.ssh, None
+            assert old is not None
+            old.kill()
+            if not self.ready:
+                self.attempts = 0  # still the first link: it must carry the start again
+            self.connect()
+            return False
+        if reply.status not in ("HAVE", "GOT"):
             self.fail(boot_error(reply, self.config))
-            return
-        assert self.ssh is not None
-        if reply.status == "NEED":
+            return False
+        if reply.status == "GOT":
             log.info("agent sent (%d kB)", len(self.bundle.data) // 1024)
-            self.ssh.write(self.bundle.framed())
         else:
             log.info("agent cached on %s", self.config.host)
-        self.ssh.write(self.conn.data_to_send())
+        try:
+            with open(self.agent_memo, "w"):
+                pass
+        except OSError:
+            pass  # the next start sends the agent along again: slower, no worse
+        self.send_agent = False
+        return True
+
+    def _forget_agent_memo(self) -> None:
+        try:
+            os.unlink(self.agent_memo)
+        except OSError:
+            pass
 
     def handle(self, event: wire.Event) -> None:
         if isinstance(event, wire.ChannelData):
@@ -337,10 +370,6 @@ class Proxy:
 
     # -- the frontends -----------------------------------------------------------------------
     def from_frontend(self, channel: str, frames: List[bytes]) -> None:
-        if channel == "control":
-            restart = wire.restart_requested(frames)
-            if restart is not None:
-                self.restart_requested = restart  # then our master stays, for the next proxy
         self.conn.send_data(channel, frames)
         self.schedule_flush()
 
@@ -352,7 +381,7 @@ class Proxy:
 
     def flush(self) -> None:
         self._flush_scheduled = False
-        if self.boot is None and self.ssh is not None:
+        if self.ssh is not None and self.ssh.started:
             self.ssh.write(self.conn.data_to_send())
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -401,8 +430,6 @@ class Proxy:
                 self.ssh.close_input()
                 await self.ssh.wait(SSH_EXIT_GRACE)
             self.ssh.kill()
-        if self.control and not self.restart_requested:
-            await self.stop_master()
         if self.frontend is not None:
             self.frontend.close()
         self.context.term()

@@ -173,11 +173,13 @@ class SSHServer:
     badauth_alias = BADAUTH_ALIAS
     nosuchhost_alias = NOSUCHHOST_ALIAS
 
-    def __init__(self, allow_tcp_forwarding: bool = False, netns=None, listen_address="127.0.0.1"):
+    def __init__(self, allow_tcp_forwarding: bool = False, netns=None, listen_address="127.0.0.1",
+                 max_sessions: int = 200):
         # Only the benchmark's ssh -L comparison turns this on; tests must not need forwarding.
         self.allow_tcp_forwarding = allow_tcp_forwarding
         self.netns = netns  # a network namespace (by name) to run sshd in; None: this host's
         self.listen_address = listen_address  # sshd's ListenAddress and the clients' HostName
+        self.max_sessions = max_sessions  # sessions per connection (OpenSSH's default is 10)
         self.tmpdir = None
         self.port = None
         self.pid = None
@@ -260,7 +262,7 @@ class SSHServer:
             "PrintMotd no\n"
             "PrintLastLog no\n"
             "MaxStartups 200\n"
-            "MaxSessions 200\n"
+            "MaxSessions {max_sessions}\n"
             "LogLevel VERBOSE\n"
             "{extra}".format(
                 port=self.port,
@@ -268,6 +270,7 @@ class SSHServer:
                 hostkey=self.host_key_path,
                 authkeys=self.authorized_keys_path,
                 forwarding="local" if self.allow_tcp_forwarding else "no",
+                max_sessions=self.max_sessions,
                 extra=extra,
             ),
         )

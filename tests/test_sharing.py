@@ -1,0 +1,111 @@
+"""One ssh connection per host, shared by its kernels; and a start that waits for no answer."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, List
+
+from proxykernel.bootstrap import CACHE_ONLY, NO_AGENT, _BOOTSTRAP, agent_bundle
+from proxykernel.cli import build_parser
+from proxykernel.config import ProxyConfig, agent_memo_path, control_path
+from proxykernel.sshd import SSHServer
+from proxykernel.ssh import SSHOptions
+from tests.kernels import alive, proxy_argv, run_cell, running_kernel
+
+MASTER_GONE = 15.0  # seconds: --connection-persist 1, plus ssh's own check interval and slack
+
+
+def _config(sshd: Any, python: str = sys.executable, pre_command: str = "") -> ProxyConfig:
+    """The ProxyConfig that ``proxy_argv(sshd, ...)`` makes, for the paths it derives."""
+    args = build_parser().parse_args(proxy_argv(sshd, python)[3:])
+    ssh = SSHOptions(host=args.host, config_file=args.ssh_config, connect_timeout=args.timeout)
+    return ProxyConfig(host=args.host, python=args.python, connection_file="", ssh=ssh,
+                       pre_command=pre_command or None)
+
+
+def _wait_gone(path: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not os.path.exists(path)
+
+
+def test_kernels_share_one_connection_which_outlives_them_briefly(tmp_path: Path) -> None:
+    # A server of its own: no master of an earlier test may be there to reuse, or be counted.
+    with SSHServer() as sshd:
+        master = control_path(_config(sshd))
+        assert master is not None and not os.path.exists(master)
+        argv = proxy_argv(sshd, extra=["--connection-persist", "1"])
+        with ExitStack() as stack:
+            km1, kc1 = stack.enter_context(running_kernel(argv, tmp_path / "one"))
+            assert os.path.exists(master)
+            logins = sshd.login_count()
+            km2, kc2 = stack.enter_context(running_kernel(argv, tmp_path / "two"))
+            assert sshd.login_count() == logins  # the second kernel opened a session, no login
+            run_cell(kc1, "x = 1")
+            assert run_cell(kc2, "print('x' in globals())")[1][0][1]["text"] == "False\n"
+        # Both kernels are gone; the master follows by itself after --connection-persist.
+        assert _wait_gone(master, MASTER_GONE), "the ssh ControlMaster outlived --connection-persist"
+
+
+def test_more_kernels_than_the_server_allows_sessions_still_start(tmp_path: Path) -> None:
+    # MaxSessions 1 (OpenSSH's default is 10): a session the master cannot open makes ssh log in anew.
+    with SSHServer(max_sessions=1) as sshd:
+        argv = proxy_argv(sshd, extra=["--connection-persist", "1"])
+        with ExitStack() as stack:
+            clients: List[Any] = []
+            for i in range(3):
+                clients.append(stack.enter_context(running_kernel(argv, tmp_path / str(i)))[1])
+            for i, kc in enumerate(clients):
+                assert run_cell(kc, "print(%d * 7)" % i)[1][0][1]["text"] == "%d\n" % (i * 7)
+        master = control_path(_config(sshd))
+        assert master is not None and _wait_gone(master, MASTER_GONE)
+
+
+def _bootstrap(stdin: bytes, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    """The bootstrap on this machine, as a remote shell would run it (its 'remote' is local here)."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    return subprocess.run([sys.executable, "-c", _BOOTSTRAP, agent_bundle().sha256, *args], input=stdin,
+                          capture_output=True, env=env, timeout=30)
+
+
+def test_bootstrap_takes_the_agent_from_the_stream_without_asking(tmp_path: Path) -> None:
+    bundle = agent_bundle()
+    stored = tmp_path / "proxykernel" / ("agent-%s.zip" % bundle.sha256)
+    # Nothing cached and no agent along: it says NEED and exits, reading nothing more.
+    result = _bootstrap(NO_AGENT, tmp_path, CACHE_ONLY)
+    assert result.stdout == b"\nPXKBOOT NEED\n" and result.returncode == 5
+    assert not stored.exists()
+    # The agent along: stored and verified, without a word from the remote first.
+    result = _bootstrap(bundle.framed(), tmp_path, CACHE_ONLY)
+    assert result.stdout == b"\nPXKBOOT GOT\n" and result.returncode == 0
+    assert stored.read_bytes() == bundle.data
+    # Cached: both starts of the stream are taken, and the agent along is not needed.
+    for preface in (NO_AGENT, bundle.framed()):
+        result = _bootstrap(preface, tmp_path, CACHE_ONLY)
+        assert result.stdout == b"\nPXKBOOT HAVE\n" and result.returncode == 0
+    # A damaged agent is refused.
+    damaged = bytearray(bundle.framed())
+    damaged[-1] ^= 1
+    stored.unlink()
+    result = _bootstrap(bytes(damaged), tmp_path, CACHE_ONLY)
+    assert result.stdout == b"\nPXKBOOT ERR corrupt-agent\n" and not stored.exists()
+
+
+def test_a_stale_memo_of_the_remote_cache_costs_a_retry_not_the_kernel(sshd: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "remote-cache"
+    pre = "export XDG_CACHE_HOME=%s" % cache
+    memo = agent_memo_path(_config(sshd, pre_command=pre))
+    Path(memo).touch()  # "the remote has the agent": but this cache is empty
+    argv = proxy_argv(sshd, extra=["--pre-command", pre, "--no-connection-sharing"])
+    with running_kernel(argv, tmp_path) as (km, kc):
+        assert run_cell(kc, "print(6 * 7)")[1][0][1]["text"] == "42\n"
+        assert any(cache.glob("proxykernel/agent-*.zip"))
+        proxy = km.provisioner.pid  # type: ignore[union-attr]
+        assert alive(proxy)
+    assert os.path.exists(memo)  # confirmed again by the retry
+    os.unlink(memo)
