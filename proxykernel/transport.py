@@ -7,6 +7,7 @@ ControlMaster, certificates) behaves exactly as in a terminal, and host-key chec
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -18,9 +19,19 @@ from proxykernel.ssh import spawn_ssh
 
 __all__ = ["SSHTransport"]
 
+PIPE_SET_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux's F_SETPIPE_SZ (named in Python 3.10+)
+PIPE_SIZE = 1 << 20  # the unprivileged maximum by default (/proc/sys/fs/pipe-max-size)
 EXIT_WAIT = 2.0  # after ssh closes its stdout, how long it may take to exit before we kill it
 
 log = logging.getLogger("proxykernel")
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: big outputs then cross in 16 times fewer wake-ups."""
+    try:
+        fcntl.fcntl(fd, PIPE_SET_SIZE, PIPE_SIZE)
+    except OSError:
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default size works, slower
 
 
 class _Reader(asyncio.Protocol):
@@ -64,6 +75,8 @@ class SSHTransport:
         self.popen = popen if popen is not None else spawn_ssh(self.argv)
         self.pid = self.popen.pid
         assert self.popen.stdin and self.popen.stdout and self.popen.stderr
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            _widen_pipe(pipe.fileno())
         out, _ = await loop.connect_read_pipe(
             lambda: _Reader(self._data, self._stdout_closed), self.popen.stdout)
         err, _ = await loop.connect_read_pipe(lambda: _Reader(self._stderr, lambda: None), self.popen.stderr)

@@ -109,3 +109,16 @@ def test_a_stale_memo_of_the_remote_cache_costs_a_retry_not_the_kernel(sshd: Any
         assert alive(proxy)
     assert os.path.exists(memo)  # confirmed again by the retry
     os.unlink(memo)
+
+
+def test_aes_gcm_goes_first_only_where_the_user_left_the_ciphers_alone(sshd: Any) -> None:
+    from proxykernel.config import FAST_CIPHERS, _cpu_has_aes, ssh_command
+    config = _config(sshd)
+    argv = ssh_command(config, "key")
+    assert ("Ciphers=^" + FAST_CIPHERS in argv) == _cpu_has_aes()
+    # A user's choice (here on the command line; a config file's shows in ssh -G alike) is kept.
+    mine = ProxyConfig(host=config.host, python=config.python, connection_file="",
+                       ssh=SSHOptions(host=config.host, config_file=config.ssh.config_file,
+                                      options=("Ciphers=aes256-ctr",)))
+    argv = ssh_command(mine, "key")
+    assert "Ciphers=aes256-ctr" in argv and not any(a.startswith("Ciphers=^") for a in argv)
