@@ -5,6 +5,10 @@ kernel runs on that same interpreter. It launches ipykernel, bridges its five ch
 stream is attached, keeps what the proxy has not acknowledged for replay, and stops the kernel after
 ``--linger`` seconds with no proxy attached.
 
+A stream attaches as ssh's own stdin/stdout pipes, which the session's attach process passes over
+the unix socket (SCM_RIGHTS): the daemon reads and writes them directly, and closes them and that
+socket when it lets the stream go, which ends the attach process and with it the ssh session.
+
 Self-contained: stdlib and pyzmq (which ipykernel already brings); Python >= 3.8 syntax; a
 ``zmq.Poller`` loop, no tornado.
 
@@ -15,10 +19,12 @@ CPU) while the kernel boots. Nothing outside ``Agent`` may use zmq for that reas
 from __future__ import annotations
 
 import argparse
+import array
 import errno
 import itertools
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -30,7 +36,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from remote_agent import wire
-from remote_agent.attach import connect, options, runtime_dir, socket_path
+from remote_agent.attach import HANDOFF, TAKEN, connect, options, runtime_dir, socket_path
 
 __all__ = ["daemon_main", "Agent"]
 
@@ -39,8 +45,8 @@ KILL_GRACE = 3.0  # seconds a kernel gets to exit after SIGTERM before SIGKILL
 DRAIN_SECONDS = 0.3  # after the kernel exits, how long its last messages (shutdown_reply) may trail
 IDLE_EXIT = 30.0  # a daemon with no kernel and no proxy for this long exits (a restart never came)
 READ_SIZE = 1 << 20
-SENDMSG_PIECES = 512  # buffers per vectored send (IOV_MAX is 1024 on Linux)
-# Bytes taken from the replay buffer into the socket's write queue at a time: a stalled link then
+SENDMSG_PIECES = 512  # buffers per vectored write (IOV_MAX is 1024 on Linux)
+# Bytes taken from the replay buffer into the link's write queue at a time: a stalled link then
 # holds no more than this beyond the (capped) replay buffer itself.
 OUT_BUDGET = 4 * 1024 * 1024
 LOG_BACKLOG = 200  # log lines kept while no proxy is attached
@@ -48,6 +54,9 @@ LOG_BACKLOG = 200  # log lines kept while no proxy is attached
 # frame. The first link brings Start at once; one that does not (a reconnect that found the old
 # daemon gone) is served by the Agent after this.
 FIRST_START_WAIT = 1.0
+# How long a connection to our socket may take to hand over its ssh stream. attach sends it right
+# after connecting; only a stuck or foreign client takes longer, and the loop waits for it meanwhile.
+HANDOFF_WAIT = 2.0
 
 if TYPE_CHECKING:
     import zmq
@@ -108,7 +117,7 @@ class _FirstLink:
 
     def __init__(self, conn: wire.Connection) -> None:
         self.conn = conn  # has parsed what was read: frames after Start are in ``events``
-        self.link: Optional[socket.socket] = None
+        self.link: Optional[_Link] = None
         self.accepted_at = 0.0
         self.events: List[wire.Event] = []
         self.error: Optional[wire.ProtocolError] = None  # raised by the decoder
@@ -120,23 +129,30 @@ def _read_first_start(listener: socket.socket, first: _FirstLink) -> None:
     """Accept the first link and read it until the Start frame has been parsed, then launch the
     kernel. Stdlib only; stops early (the Agent takes over as is) on EOF, an error or a timeout."""
     deadline = time.monotonic() + FIRST_START_WAIT
-    listener.settimeout(FIRST_START_WAIT)
-    try:
-        link, _ = listener.accept()
-    except OSError:  # socket.timeout is an OSError
-        return
-    finally:
-        listener.settimeout(None)
-    first.link, first.accepted_at = link, time.monotonic()
-    while True:
+    link = None
+    while link is None:  # a connection that brings no stream (another daemon's probe) is skipped
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            break
-        link.settimeout(remaining)
+            return
+        listener.settimeout(remaining)
         try:
-            data = link.recv(READ_SIZE)
-        except socket.timeout:
+            control, _ = listener.accept()
+        except OSError:  # socket.timeout is an OSError
+            return
+        finally:
+            listener.settimeout(None)
+        link = _receive_link(control)
+    first.link, first.accepted_at = link, time.monotonic()
+    poll = select.poll()
+    poll.register(link.read_fd, select.POLLIN)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poll.poll(remaining * 1000):
             break
+        try:
+            data = os.read(link.read_fd, READ_SIZE)
+        except BlockingIOError:
+            continue
         except OSError as error:
             first.closed = str(error)
             break
@@ -152,7 +168,52 @@ def _read_first_start(listener: socket.socket, first: _FirstLink) -> None:
         if start is not None:
             first.launch = _launch_kernel(start.config)
             break
-    link.setblocking(False)
+
+
+class _Link:
+    """An attached ssh stream: ssh's stdin and stdout, lent by the session's attach process,
+    which waits on ``control`` until we close it. The fds may be pipes or sockets; both are
+    non-blocking here."""
+
+    def __init__(self, control: socket.socket, read_fd: int, write_fd: int) -> None:
+        self.control = control
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+
+    def close(self) -> None:
+        """Let the stream go: with the last copies of ssh's fds and the control socket closed,
+        attach exits and the ssh session ends."""
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+        self.control.close()
+
+
+def _receive_link(control: socket.socket) -> Optional[_Link]:
+    """Take the ssh stream that attach hands over on a new connection to our socket (HANDOFF with
+    two fds) and acknowledge it. None, with the connection closed, when something else came: a
+    daemon's check whether we are alive connects and closes at once."""
+    fds = array.array("i")
+    control.settimeout(HANDOFF_WAIT)
+    try:
+        data, ancillary, flags, _ = control.recvmsg(len(HANDOFF), socket.CMSG_SPACE(2 * fds.itemsize))
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        if data == HANDOFF and len(fds) == 2 and not flags & socket.MSG_CTRUNC:
+            control.sendall(TAKEN)
+            for fd in fds:
+                os.set_blocking(fd, False)
+                os.set_inheritable(fd, False)  # received fds are inheritable; kernels must not hold them
+            control.setblocking(False)
+            return _Link(control, fds[0], fds[1])
+        if data:
+            _stderr("a connection to the daemon's socket sent %r instead of an ssh stream" % data[:16])
+    except OSError as error:
+        _stderr("a connection to the daemon's socket failed before it handed over a stream: %s" % error)
+    for fd in fds:
+        os.close(fd)
+    control.close()
+    return None
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
@@ -256,7 +317,7 @@ class Agent:
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.poller.register(listener.fileno(), zmq.POLLIN)  # plain fds: Poller.poll returns fds
-        self.link: Optional[socket.socket] = None
+        self.link: Optional[_Link] = None
         self.heartbeat: Optional[wire.Heartbeat] = None
         self.out: Deque[memoryview] = deque()
         self.out_bytes = 0
@@ -312,19 +373,26 @@ class Agent:
         return self.exit_code
 
     def step(self, timeout_ms: int) -> None:
-        if self.link is not None:
-            self.poller.register(self.link.fileno(), zmq.POLLIN | (zmq.POLLOUT if self.out else 0))
+        link = self.link
+        if link is not None:
+            self.poller.register(link.read_fd, zmq.POLLIN)
+            self.poller.register(link.write_fd, zmq.POLLOUT if self.out else 0)  # 0: unregister
         for sock, _ in self.poller.poll(timeout_ms):
-            if sock == self.listener.fileno():
-                self.accept()
-            elif self.link is not None and sock == self.link.fileno():
-                self.read_link()
-            elif isinstance(sock, int):
-                self.read_kernel_stderr()
-            elif sock is self.iopub:
+            current = link if self.link is link else None  # not replaced or detached meanwhile
+            if sock is self.iopub:
                 self.relay_iopub()
             elif sock in self.routes:
                 self.relay_reply(sock)
+            elif sock == self.listener.fileno():
+                self.accept()
+            elif current is not None and sock == current.read_fd:
+                self.read_link()
+            elif current is not None and sock == current.control.fileno():
+                self.read_control()
+            elif self.kernel is not None and self.kernel.stderr is not None \
+                    and sock == self.kernel.stderr.fileno():
+                self.read_kernel_stderr()
+            # link.write_fd when writable: flushed below
         self.check_timers(time.monotonic())
         self.flush()
 
@@ -358,7 +426,7 @@ class Agent:
         parsed, in order, with its kernel as the one the Start frame launches."""
         if first.link is None:
             return
-        self.link = first.link
+        self.attach(first.link)
         self.heartbeat = wire.Heartbeat(self.options.ping, self.options.dead, first.accepted_at)
         self.launched_ahead, first.launch = first.launch, None
         if first.error is not None:
@@ -372,18 +440,26 @@ class Agent:
             self.detach(first.closed)
 
     def accept(self) -> None:
-        sock, _ = self.listener.accept()
+        control, _ = self.listener.accept()
+        link = _receive_link(control)
+        if link is None:
+            return
         if self.link is not None:
             self.detach("a new connection replaces the old one")
-        sock.setblocking(False)
-        self.link = sock
+        self.attach(link)
         self.conn.new_link()
         self.heartbeat = wire.Heartbeat(self.options.ping, self.options.dead, time.monotonic())
+
+    def attach(self, link: _Link) -> None:
+        self.link = link
+        # attach's end of the control socket: it closes only if attach dies (its ssh session is over).
+        self.poller.register(link.control.fileno(), zmq.POLLIN)
 
     def detach(self, why: str) -> None:
         if self.link is None:
             return
-        self.poller.unregister(self.link.fileno())
+        for fd in (self.link.read_fd, self.link.write_fd, self.link.control.fileno()):
+            self.poller.register(fd, 0)  # 0 unregisters, if registered
         self.link.close()
         self.link = None
         self.heartbeat = None
@@ -393,10 +469,23 @@ class Agent:
         self.detached_since = time.monotonic()
         self.log("proxy detached (%s); waiting up to %.0f s for it to come back" % (why, self.options.linger))
 
+    def read_control(self) -> None:
+        """attach's socket is readable: it said nothing after the handover, so it is gone."""
+        assert self.link is not None
+        try:
+            data = self.link.control.recv(64)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self.detach("the ssh session's attach process is gone (%s)" % error)
+            return
+        self.detach("the ssh session's attach process is gone" if not data
+                    else "the ssh session's attach process sent %r" % data[:16])
+
     def read_link(self) -> None:
         assert self.link is not None and self.heartbeat is not None
         try:
-            data = self.link.recv(READ_SIZE)
+            data = os.read(self.link.read_fd, READ_SIZE)
         except BlockingIOError:
             return
         except OSError as error:
@@ -459,8 +548,8 @@ class Agent:
             self.report_exit()
 
     def flush(self) -> None:
-        """Write what is queued with vectored sends: frames go out as the buffers they came in,
-        taken from the replay buffer at most OUT_BUDGET bytes ahead of the socket."""
+        """Write what is queued with vectored writes: frames go out as the buffers they came in,
+        taken from the replay buffer at most OUT_BUDGET bytes ahead of the stream."""
         while self.link is not None:
             if self.out_bytes < OUT_BUDGET and self.conn.pending:
                 for piece in self.conn.buffers_to_send(OUT_BUDGET - self.out_bytes):
@@ -476,7 +565,7 @@ class Agent:
     def _write(self) -> None:
         while self.out and self.link is not None:
             try:
-                sent = self.link.sendmsg(list(itertools.islice(self.out, SENDMSG_PIECES)))
+                sent = os.writev(self.link.write_fd, list(itertools.islice(self.out, SENDMSG_PIECES)))
             except BlockingIOError:
                 return
             except OSError as error:
@@ -496,6 +585,7 @@ class Agent:
         deadline = time.monotonic() + seconds
         self.flush()
         while self.out and self.link is not None and time.monotonic() < deadline:
+            self.poller.register(self.link.write_fd, zmq.POLLOUT)
             self.poller.poll(20)
             self.flush()
 

@@ -1,13 +1,16 @@
 """What each ssh session runs on the remote: attach this stream to the kernel's daemon.
 
 Started by the bootstrap (``proxykernel/bootstrap.py``). It finds the kernel's daemon by its unix
-socket in a 0700 per-user directory, forks one if there is none, and pumps bytes between ssh's
-stdin/stdout and the socket. When ssh dies only this process goes; the daemon and the kernel stay.
+socket in a 0700 per-user directory, forks one if there is none, and hands ssh's stdin/stdout to it
+(SCM_RIGHTS), so the stream's bytes go between sshd and the daemon with no process in between.
+It then waits on the socket until the daemon lets the stream go. When ssh dies only this process
+goes; the daemon and the kernel stay.
 Stdlib only, and small: it runs on every (re)connection, so it must start fast.
 """
 from __future__ import annotations
 
 import argparse
+import array
 import os
 import socket
 import stat
@@ -17,10 +20,15 @@ import threading
 import time
 from typing import List, Optional, Tuple
 
-__all__ = ["main", "connect", "options", "runtime_dir", "socket_path"]
+__all__ = ["main", "connect", "options", "runtime_dir", "socket_path", "HANDOFF", "TAKEN"]
 
 DAEMON_START = 10.0  # how long we wait for a new daemon's socket
 READ_SIZE = 1 << 20
+# Sent with ssh's two fds (SCM_RIGHTS ancillary data) to the daemon, which answers TAKEN. Neither can
+# be taken for the start of a stream: the proxy's starts with the MAGIC's 0x89 or noise, the
+# agent's with MAGIC or a frame's length, whose first byte is 0 for any frame under 16 MiB.
+HANDOFF = b"PXK-FDS\n"
+TAKEN = b"\x06"
 
 
 def options(argv: List[str]) -> argparse.Namespace:
@@ -76,7 +84,36 @@ def main(argv: List[str]) -> None:
     sock = connect(path)
     if sock is None:
         sock = _start_daemon(path, argv, (stream_in, stream_out))
-    _pump(stream_in, stream_out, sock)
+    _lend_stream(sock, stream_in, stream_out)
+
+
+def _lend_stream(sock: socket.socket, stream_in: int, stream_out: int) -> None:
+    """Hand ssh's pipes to the daemon, which reads and writes them itself, then wait.
+
+    We stay, holding only the unix socket, because sshd ends the session (and stops feeding its
+    pipes) when this process exits. The daemon closes the socket when it lets the stream go (EOF,
+    a dead link, a newer link, an error); we exit then, and the ssh session ends.
+    """
+    try:
+        sock.sendmsg([HANDOFF], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  array.array("i", [stream_in, stream_out]).tobytes())])
+        reply = sock.recv(READ_SIZE)
+    except OSError:
+        os._exit(0)
+    if not reply:
+        os._exit(0)
+    if reply != TAKEN:
+        # A daemon of an older agent (running since before an upgrade) reads the stream from its
+        # socket: it dropped the fds unread, and what it said is the start of its stream.
+        _pump(stream_in, stream_out, sock, reply)
+    os.close(stream_in)  # the daemon has its own copies: ours would only keep the pipes open
+    os.close(stream_out)
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(0)
 
 
 def connect(path: str) -> Optional[socket.socket]:
@@ -132,8 +169,9 @@ def _start_daemon(path: str, argv: List[str], stream_fds: Tuple[int, int]) -> so
     raise SystemExit("proxykernel-agent: the agent daemon did not start within %.0f s" % DAEMON_START)
 
 
-def _pump(stream_in: int, stream_out: int, sock: socket.socket) -> None:
-    """Copy bytes both ways until either side ends; then this process (only) exits."""
+def _pump(stream_in: int, stream_out: int, sock: socket.socket, first: bytes) -> None:
+    """For an older daemon only: copy bytes both ways (``first`` came from the daemon already)
+    until either side ends; then this process (only) exits."""
     def upstream() -> None:
         try:
             while True:
@@ -149,14 +187,13 @@ def _pump(stream_in: int, stream_out: int, sock: socket.socket) -> None:
             pass
 
     threading.Thread(target=upstream, daemon=True).start()
+    data = first
     try:
-        while True:
-            data = sock.recv(READ_SIZE)
-            if not data:
-                break
+        while data:
             view = memoryview(data)
             while view:
                 view = view[os.write(stream_out, view):]
+            data = sock.recv(READ_SIZE)
     except OSError:
         pass
     os._exit(0)

@@ -4,6 +4,12 @@ the stream with ``wire.Connection``.
 
 - A new daemon launches the kernel before it imports zmq, and keeps the frames that came with the
   Start frame.
+- attach hands ssh's fds to the daemon and keeps none; the daemon reads and writes them itself.
+  Whenever the daemon lets a stream go (EOF, a dead heartbeat, a newer link) that stream's attach
+  process exits, so its ssh session ends. An older daemon that reads the stream from its socket
+  still works: attach pumps for it.
+
+And through the real test sshd: the same fd ownership, and an attach process that ends with its link.
 """
 from __future__ import annotations
 
@@ -18,12 +24,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pytest
 from jupyter_client.session import Session
 
 from remote_agent import wire
+from remote_agent.attach import HANDOFF
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 30.0  # seconds any one wait in these tests may take
@@ -65,14 +72,17 @@ def wait_gone(pid: int, timeout: float = DEADLINE) -> bool:
 class Remote:
     """One ssh session's worth of the remote side: an attach process and our end of its stream."""
 
-    def __init__(self, runtime: str, kernel_id: str, stdio: str, launches: str) -> None:
+    def __init__(self, runtime: str, kernel_id: str, stdio: str, launches: str,
+                 options: Sequence[str] = ()) -> None:
         env = dict(os.environ, XDG_RUNTIME_DIR=runtime, PXK_TEST_LAUNCHES=launches,
                    PYTHONPATH=str(ROOT))
-        argv = [sys.executable, "-c", ATTACH, "--id", kernel_id, "--linger", "30"]
+        argv = [sys.executable, "-c", ATTACH, "--id", kernel_id, "--linger", "30", *options]
         self.sock: Optional[socket.socket] = None
         if stdio == "socketpair":
             ours, theirs = socket.socketpair()
             self.process = subprocess.Popen(argv, stdin=theirs.fileno(), stdout=theirs.fileno(), env=env)
+            # What /proc/PID/fd shows for the remote's end of the stream.
+            self.stream = {"socket:[%d]" % os.fstat(theirs.fileno()).st_ino}
             theirs.close()
             self.sock = ours
             self.read_fd = self.write_fd = ours.fileno()
@@ -80,6 +90,9 @@ class Remote:
             self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             assert self.process.stdin is not None and self.process.stdout is not None
             self.read_fd, self.write_fd = self.process.stdout.fileno(), self.process.stdin.fileno()
+            self.stream = {"pipe:[%d]" % os.fstat(fd).st_ino for fd in (self.read_fd, self.write_fd)}
+
+    kernel_id = ""
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -138,11 +151,19 @@ def remote() -> Iterator[Dict[str, Any]]:
         shutil.rmtree(runtime, ignore_errors=True)
 
 
-def start_kernel(remote: Dict[str, Any], stdio: str = "pipes") -> Any:
+def attach(remote: Dict[str, Any], kernel_id: str, stdio: str = "pipes", options: Sequence[str] = ()) -> Remote:
+    """Run attach as a new ssh session would."""
+    session = Remote(os.path.join(remote["runtime"], "rt"), kernel_id, stdio, remote["launches"], options)
+    remote["sessions"].append(session)
+    return session
+
+
+def start_kernel(remote: Dict[str, Any], stdio: str = "pipes",
+                 options: Sequence[str] = ()) -> Tuple[Remote, wire.Connection, Dict[str, Any]]:
     """A new daemon and kernel: hello, Start and a kernel_info_request in one write."""
     kernel_id = "t" + uuid.uuid4().hex[:12]
-    session = Remote(os.path.join(remote["runtime"], "rt"), kernel_id, stdio, remote["launches"])
-    remote["sessions"].append(session)
+    session = attach(remote, kernel_id, stdio, options)
+    session.kernel_id = kernel_id
     conn = wire.Connection("proxy", session=uuid.uuid4().hex)
     key = uuid.uuid4().hex
     signer = Session(key=key.encode())
@@ -184,3 +205,135 @@ def test_new_daemon_launches_the_kernel_before_zmq_and_keeps_frames_after_start(
     session, conn, info = start_kernel(remote, stdio)  # the kernel_info_request came with Start
     assert Path(remote["launches"]).read_text() == "zmq not imported\n"
     shut_down(session, conn, info)
+
+
+def fd_targets(pid: int) -> Set[str]:
+    """What the fds of ``pid`` refer to, as /proc/PID/fd shows them."""
+    found: Set[str] = set()
+    for name in os.listdir("/proc/%d/fd" % pid):
+        try:
+            found.add(os.readlink("/proc/%d/fd/%s" % (pid, name)))
+        except OSError:
+            pass
+    return found
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def reattach(remote: Dict[str, Any], conn: wire.Connection, kernel_id: str,
+             options: Sequence[str] = ()) -> Remote:
+    """A new ssh session for the same kernel, resumed the way the proxy's reconnect does it."""
+    session = attach(remote, kernel_id, options=options)
+    conn.new_link()
+    conn.send_hello()
+    session.write(conn.data_to_send())
+    session.read_events(conn, lambda e: isinstance(e, wire.Hello))
+    return session
+
+
+@pytest.mark.parametrize("stdio", ["pipes", "socketpair"])
+def test_daemon_holds_the_stream_and_attach_only_the_socket(remote: Dict[str, Any], stdio: str) -> None:
+    session, conn, info = start_kernel(remote, stdio)
+    daemon = info["agent_pid"]
+    assert session.stream <= fd_targets(daemon)
+    # attach closes its copies as soon as the daemon said it has the fds.
+    assert wait_until(lambda: not session.stream & fd_targets(session.process.pid)), \
+        fd_targets(session.process.pid)
+    assert session.process.poll() is None  # it stays: sshd would end the session without it
+    shut_down(session, conn, info)
+
+
+def test_stream_end_ends_attach_and_the_daemon_waits(remote: Dict[str, Any]) -> None:
+    session, conn, info = start_kernel(remote)
+    assert session.process.stdin is not None
+    session.process.stdin.close()  # ssh's stdin ends: the daemon lets the stream go
+    session.process.wait(DEADLINE)
+    assert alive(info["agent_pid"]) and alive(info["pid"])
+    second = reattach(remote, conn, session.kernel_id)
+    shut_down(second, conn, info)
+
+
+def test_newer_link_replaces_the_older_one_whose_attach_exits(remote: Dict[str, Any]) -> None:
+    first, conn, info = start_kernel(remote)
+    second = reattach(remote, conn, first.kernel_id)
+    first.process.wait(DEADLINE)  # the older session's attach is gone...
+    ended = False  # ...and the daemon closed its stream: it ends after what was in flight
+    deadline = time.monotonic() + DEADLINE
+    while not ended and time.monotonic() < deadline:
+        if select.select([first.read_fd], [], [], 1.0)[0]:
+            ended = os.read(first.read_fd, 1 << 20) == b""
+    assert ended
+    shut_down(second, conn, info)
+
+
+def test_dead_heartbeat_ends_attach(remote: Dict[str, Any]) -> None:
+    session, conn, info = start_kernel(remote, options=["--ping", "0.2", "--dead", "1"])
+    started = time.monotonic()
+    session.process.wait(DEADLINE)  # we answer no pings
+    assert time.monotonic() - started < 1 + 2
+    second = reattach(remote, conn, session.kernel_id)
+    shut_down(second, conn, info)
+
+
+def read_exactly(fd: int, count: int) -> bytes:
+    data = b""
+    deadline = time.monotonic() + DEADLINE
+    while len(data) < count and time.monotonic() < deadline:
+        if select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            chunk = os.read(fd, count - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_attach_pumps_for_an_older_daemon(remote: Dict[str, Any]) -> None:
+    """A daemon started by an older agent (before an upgrade) reads the stream from its socket and
+    drops the fds unread; attach then copies the bytes itself, as it used to."""
+    kernel_id = "t" + uuid.uuid4().hex[:12]
+    directory = os.path.join(remote["runtime"], "rt", "proxykernel")
+    os.mkdir(directory, 0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(os.path.join(directory, kernel_id + ".sock"))
+        listener.listen(1)
+        listener.settimeout(DEADLINE)
+        session = attach(remote, kernel_id)
+        daemon, _ = listener.accept()
+        with daemon:
+            daemon.settimeout(DEADLINE)
+            assert daemon.recv(len(HANDOFF)) == HANDOFF  # a plain recv: the fds are dropped
+            daemon.sendall(b"\0\0\0\x09 a ping")  # an older daemon's first words: a ping frame
+            assert read_exactly(session.read_fd, 11) == b"\0\0\0\x09 a ping"
+            session.write(b"hello from the proxy")
+            got = b""
+            while len(got) < 20:
+                chunk = daemon.recv(20 - len(got))
+                assert chunk
+                got += chunk
+            assert got == b"hello from the proxy"
+        session.process.wait(DEADLINE)  # the daemon closed the socket: attach is done
+    finally:
+        listener.close()
+
+
+def test_through_sshd_the_daemon_has_the_pipes_and_attach_ends_with_its_link(sshd: Any, tmp_path: Path) -> None:
+    from proxykernel.sshd import read_stat
+    from tests.kernels import proxy_argv, run_cell, running_kernel
+    from tests.test_reconnect import attach_pid, pipes, remote_pid, ssh_child, stream_peer_pid
+
+    with running_kernel(proxy_argv(sshd), tmp_path) as (km, kc):
+        daemon = read_stat(remote_pid(kc, sshd))[2]  # type: ignore[index]
+        attach = attach_pid(daemon)
+        stream = pipes(daemon) & pipes(stream_peer_pid(sshd, daemon))
+        assert len(stream) == 2  # ssh's stdin and stdout: sshd at one end, the daemon at the other
+        assert not stream & pipes(attach)
+        os.kill(ssh_child(km), signal.SIGKILL)  # a drop
+        assert wait_gone(attach, 10), "the attach process outlived its ssh connection"
+        assert run_cell(kc, "print('back')")[1] == [("stream", {"name": "stdout", "text": "back\n"})]
+        assert attach_pid(daemon) != attach

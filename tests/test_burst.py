@@ -8,9 +8,9 @@ Two faults, made as DESIGN.md says, both with the sshd listener stopped so that 
 succeed before the burst is over:
 
 - ``drop``: kill -9 of the ssh client: the remote side sees its stream end at once;
-- ``hang``: SIGSTOP of the ssh session's pump process on the remote (a network that stops carrying
-  bytes without closing anything): the agent keeps writing into a stalled link until its heartbeat
-  gives up (``--heartbeat-timeout``, 5 s by default).
+- ``hang``: SIGSTOP of sshd's process for the connection on the remote (a network that stops
+  carrying bytes without closing anything): the agent keeps writing into a stalled link until its
+  heartbeat gives up (``--heartbeat-timeout``, 5 s by default).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import pytest
 
 from proxykernel.sshd import descendants, read_stat
 from tests.kernels import proxy_argv, run_cell, running_kernel, shell_reply
-from tests.test_reconnect import pump_pid, remote_pid, ssh_child
+from tests.test_reconnect import remote_pid, ssh_child, stream_peer_pid
 
 BUFFER_MB = 64
 SLACK_MB = 50  # what each side may use above the buffer cap (interpreter, libraries, ZMQ queues)
@@ -94,7 +94,7 @@ def test_burst_during_outage_stays_within_the_buffer_cap(sshd: Any, tmp_path: Pa
         run_cell(kc, "state = 'kept'")
         kernel = remote_pid(kc, sshd)
         daemon = read_stat(kernel)[2]  # type: ignore[index]
-        pump = pump_pid(daemon)  # the ssh session's pump process
+        session = stream_peer_pid(sshd, daemon)  # sshd's process that carries the stream
         proxy = km.provisioner.pid  # type: ignore[union-attr]
         before = {"proxy": vm_hwm_mb(proxy), "agent": vm_hwm_mb(daemon)}
         listener = listener_pid(sshd)
@@ -104,8 +104,8 @@ def test_burst_during_outage_stays_within_the_buffer_cap(sshd: Any, tmp_path: Pa
         stopped = [listener]
         try:
             if fault == "hang":
-                os.kill(pump, signal.SIGSTOP)
-                stopped.append(pump)
+                os.kill(session, signal.SIGSTOP)
+                stopped.append(session)
             else:
                 os.kill(ssh_child(km), signal.SIGKILL)
             faulted = time.monotonic()

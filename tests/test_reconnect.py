@@ -1,8 +1,9 @@
 """Surviving the network: drops, hangs, long outages and crashes, against the real test sshd.
 
 Faults are made as DESIGN.md says: kill -9 of the ssh client (a drop), SIGSTOP of the remote side
-(a hang), SIGSTOP of the sshd listener (nobody answers new logins). Every process is found and
-signalled by PID, read from /proc.
+(a hang: sshd's process for the connection, which alone carries the stream's bytes on the remote,
+since the agent daemon reads and writes ssh's pipes itself), SIGSTOP of the sshd listener (nobody
+answers new logins). Every process is found and signalled by PID, read from /proc.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
@@ -52,9 +53,9 @@ def host_pid(sshd: Any, ns_pid: int) -> int:
     raise AssertionError("no process with namespace pid %d under the test sshd" % ns_pid)
 
 
-def pump_pid(daemon: int) -> int:
-    """The ssh session's pump process currently attached to ``daemon``: the peer of the daemon's
-    accepted unix socket, from ``ss`` (the daemon is detached, so it is no child of the pump)."""
+def attach_pid(daemon: int) -> int:
+    """The ssh session's attach process currently attached to ``daemon``: the peer of the daemon's
+    accepted unix socket, from ``ss`` (the daemon is detached, so it is no child of attach)."""
     rows = [line.split() for line in subprocess.run(["ss", "-xpnH"], capture_output=True, text=True,
                                                     check=True).stdout.splitlines()]
     pid_of = {row[5]: re.findall(r"pid=(\d+)", " ".join(row[8:])) for row in rows if len(row) > 8}
@@ -64,6 +65,33 @@ def pump_pid(daemon: int) -> int:
             if peers:
                 return int(peers[0])
     raise AssertionError("no process is attached to the agent daemon %d" % daemon)
+
+
+def pipes(pid: int) -> Set[str]:
+    """The pipes ``pid`` has open, as /proc/PID/fd shows them (``pipe:[INODE]``)."""
+    found: Set[str] = set()
+    try:
+        names = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return found
+    for name in names:
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, name))
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            found.add(target)
+    return found
+
+
+def stream_peer_pid(sshd: Any, daemon: int) -> int:
+    """sshd's process at the other end of the ssh pipes ``daemon`` reads and writes: the one that
+    carries the stream to the network (one per connection, shared by its sessions)."""
+    held = pipes(daemon)
+    for pid in descendants(sshd.pid):
+        if pid != daemon and (read_stat(pid) or ("",))[0] == "sshd" and held & pipes(pid):
+            return pid
+    raise AssertionError("no sshd process holds the other end of the agent daemon's stream")
 
 
 def remote_pid(kc: BlockingKernelClient, sshd: Any) -> int:
@@ -142,21 +170,23 @@ def test_ssh_killed_mid_cell_loses_and_repeats_nothing(sshd: Any, tmp_path: Path
 
 
 def test_hung_remote_is_detected_and_recovered(sshd: Any, tmp_path: Path) -> None:
-    with running_kernel(proxy_argv(sshd, extra=FAST), tmp_path) as (km, kc):
+    # No shared ssh connection: the hang stops sshd's process for the connection, and a reconnect
+    # through that same connection would hang too.
+    with running_kernel(proxy_argv(sshd, extra=FAST + ["--no-connection-sharing"]), tmp_path) as (km, kc):
         kernel = remote_pid(kc, sshd)
         daemon = read_stat(kernel)[2]  # type: ignore[index]
-        attach = pump_pid(daemon)
+        session = stream_peer_pid(sshd, daemon)
         first_ssh = ssh_child(km)
         msg_id = kc.execute(PRINT_EVERY_20MS.format(n=250))
         time.sleep(1.0)
-        os.kill(attach, signal.SIGSTOP)  # the connection stays open, but nothing moves
+        os.kill(session, signal.SIGSTOP)  # the connection stays open, but nothing moves
         try:
             stopped = time.monotonic()
             ssh_child(km, not_pid=first_ssh, timeout=10)
             detected = time.monotonic() - stopped
             got = collect_lines(kc, msg_id, timeout=60)
         finally:
-            os.kill(attach, signal.SIGCONT)
+            os.kill(session, signal.SIGCONT)
         assert detected < 2 + 1.5  # --heartbeat-timeout 2, plus a tick and the kill
         assert got == list(range(250))
 
