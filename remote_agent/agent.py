@@ -438,6 +438,7 @@ class Agent:
             self.launched_ahead = None
         if first.closed is not None:
             self.detach(first.closed)
+        self.flush()  # the hello and Ready answer now, not after the loop's first poll times out
 
     def accept(self) -> None:
         control, _ = self.listener.accept()
