@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from remote_agent import wire
@@ -50,6 +51,12 @@ SENDMSG_PIECES = 512  # buffers per vectored write (IOV_MAX is 1024 on Linux)
 # holds no more than this beyond the (capped) replay buffer itself.
 OUT_BUDGET = 4 * 1024 * 1024
 LOG_BACKLOG = 200  # log lines kept while no proxy is attached
+# Our sockets connect before the kernel has bound its own: ZMQ retries every RECONNECT_MS (its
+# default, 100 ms, would add up to that to every start).
+RECONNECT_MS = 10
+# A kernel that greets subscribers (iopub_welcome, ipykernel 7+) gets no request before our SUB is
+# greeted, so the first cell's output cannot be published before we listen; this long at most.
+WELCOME_WAIT = 10.0
 # How long a new daemon waits, zmq not yet imported, for its first link and that link's Start
 # frame. The first link brings Start at once; one that does not (a reconnect that found the old
 # daemon gone) is served by the Agent after this.
@@ -245,6 +252,13 @@ def _write_connection_file(fname: str, transport: str, ip: str, config: Dict[str
     return info
 
 
+def _ipykernel_greets() -> bool:
+    """Does this ipykernel send iopub_welcome to a new subscriber (JEP 65, ipykernel 7)?"""
+    major = _ipykernel_version().split(".")[0]
+    return major.isdigit() and int(major) >= 7
+
+
+@lru_cache(maxsize=None)
 def _ipykernel_version() -> str:
     try:
         from importlib.metadata import version
@@ -315,6 +329,7 @@ class Agent:
         self.options = options
         self.conn = conn if conn is not None else wire.Connection("agent", max_buffer=options.buffer)
         self.context = zmq.Context()
+        self.context.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)  # (a default for its sockets)
         self.poller = zmq.Poller()
         self.poller.register(listener.fileno(), zmq.POLLIN)  # plain fds: Poller.poll returns fds
         self.link: Optional[_Link] = None
@@ -333,6 +348,9 @@ class Agent:
         self.connection_info: Dict[str, Any] = {}
         self.iopub: Optional[zmq.Socket] = None
         self.welcomed = False  # the kernel's iopub_welcome to our own SUB is not for the frontends
+        self.subscribed = True  # our SUB is known to hear the kernel; else requests wait in held
+        self.held: List[wire.ChannelData] = []
+        self.launched_at = 0.0
         # (channel, frontend identity) -> DEALER, and back: replies go to the frontend that asked.
         self.dealers: Dict[Tuple[str, bytes], zmq.Socket] = {}
         self.routes: Dict[zmq.Socket, Tuple[str, bytes]] = {}
@@ -404,6 +422,8 @@ class Agent:
                 old.kill()
         if self.kernel is not None and self.kernel.poll() is not None:
             self.kernel_exited(self.kernel.returncode)
+        if not self.subscribed and now - self.launched_at > WELCOME_WAIT:
+            self.hear_kernel()
         if self.heartbeat is not None:
             action = self.heartbeat.poll(now)
             if action == "ping":
@@ -629,6 +649,8 @@ class Agent:
         self.kernel_used = False
         self.restart_expected = False
         self.welcomed = False
+        self.subscribed = not _ipykernel_greets()
+        self.launched_at = time.monotonic()
         self.iopub = self.context.socket(zmq.SUB)
         self.iopub.rcvhwm = 0  # never drop output on our side; the replay buffer bounds memory
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -684,6 +706,8 @@ class Agent:
             self.kernel.stderr.close()
         self.exited_code = self.kernel.returncode
         self.kernel = None
+        self.held.clear()
+        self.subscribed = True
         if self.connection_dir:
             shutil.rmtree(self.connection_dir, ignore_errors=True)  # incl. ipc socket files
             self.connection_dir = None
@@ -724,9 +748,20 @@ class Agent:
         self.iopub = None
 
     # -- relaying ----------------------------------------------------------------------------
+    def hear_kernel(self) -> None:
+        """Our SUB hears the kernel (or we stop waiting for it): the held requests may go."""
+        if not self.subscribed:
+            self.subscribed = True
+            held, self.held = self.held, []
+            for event in held:
+                self.relay_request(event)
+
     def relay_request(self, event: wire.ChannelData) -> None:
         """A frontend's message for shell/control/stdin: frames[0] is its routing identity."""
         if event.channel not in ("shell", "control", "stdin") or not event.frames or self.kernel is None:
+            return
+        if not self.subscribed:
+            self.held.append(event)
             return
         identity, frames = bytes(event.frames[0]), list(event.frames[1:])
         self.kernel_used = True
@@ -789,6 +824,7 @@ class Agent:
             except zmq.Again:
                 return
             buffers: List[wire.Buffer] = [frame.buffer for frame in frames]  # no copy: as they came
+            self.hear_kernel()
             if not self.welcomed and wire.is_welcome(buffers):
                 self.welcomed = True
                 continue

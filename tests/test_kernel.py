@@ -10,7 +10,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 
-from tests.kernels import Output, alive, live_descendants, proxy_argv, run_cell, running_kernel, shell_reply
+from tests.kernels import (Output, alive, kernel_manager, live_descendants, proxy_argv, run_cell,
+                           running_kernel, shell_reply)
 
 Kernel = Tuple[KernelManager, BlockingKernelClient]
 
@@ -187,3 +188,22 @@ def test_restart_gives_fresh_kernel_and_shutdown_leaves_nothing(sshd: Any, tmp_p
     assert set(live_descendants(sshd.pid)) - remote_before == set()
     assert not os.path.exists(remote_dir)
     # (The ssh ControlMaster a host's kernels share exits by itself: tests/test_sharing.py.)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_first_cell_right_after_kernel_info_reply_loses_no_output(sshd: Any, tmp_path: Path,
+                                                                  attempt: int) -> None:
+    # No wait_for_ready (which also waits for IOPub): a client that runs a cell as soon as the
+    # kernel answers must still see its output, so the agent must listen before the kernel runs it.
+    km = kernel_manager(proxy_argv(sshd), tmp_path)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        msg_id = kc.kernel_info()
+        assert shell_reply(kc, msg_id, timeout=60)["msg_type"] == "kernel_info_reply"
+        assert run_cell(kc, "print('first')", timeout=20)[1] == [("stream", {"name": "stdout", "text": "first\n"})]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        km.cleanup_resources()
