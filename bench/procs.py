@@ -57,9 +57,9 @@ def _is_kernel(pid: int) -> bool:
     return any("ipykernel_launcher" in part or part.endswith("ipykernel") for part in cmdline(pid))
 
 
-def _is_python(pid: int) -> bool:
+def _is_sshd(pid: int) -> bool:
     stat = read_stat(pid)
-    return stat is not None and stat[0].startswith("python")
+    return stat is None or stat[0] in ("sshd", "unshare")
 
 
 def kernel_pids(root_pid: int) -> List[int]:
@@ -69,7 +69,8 @@ def kernel_pids(root_pid: int) -> List[int]:
 
 def remote_agent_pids(sshd_pid: int) -> List[int]:
     """The agent process(es) on the "remote" side: the parent of each kernel, plus any other live
-    Python process in the sshd's namespace that is neither a kernel nor a kernel's descendant."""
+    process in the sshd's namespace that is neither sshd, nor a kernel or a kernel's descendant
+    (so each session's attach process counts too, whatever it runs as)."""
     table = process_table()
     tree = [p for p in descendants(sshd_pid, table) if p in table and table[p][1] != "Z"]
     kernels = [p for p in tree if _is_kernel(p)]
@@ -79,7 +80,7 @@ def remote_agent_pids(sshd_pid: int) -> List[int]:
     agents = {table[k][2] for k in kernels}
     ns = pid_namespace(kernels[0]) if kernels else None
     for pid in tree:
-        if (pid not in kernels and pid not in under_kernels and _is_python(pid)
+        if (pid not in kernels and pid not in under_kernels and not _is_sshd(pid)
                 and (ns is None or pid_namespace(pid) == ns)):
             agents.add(pid)
     return sorted(p for p in agents if alive(p))

@@ -108,6 +108,12 @@ def _lend_stream(sock: socket.socket, stream_in: int, stream_out: int) -> None:
         _pump(stream_in, stream_out, sock, reply)
     os.close(stream_in)  # the daemon has its own copies: ours would only keep the pipes open
     os.close(stream_out)
+    # Wait for the socket's end as cat, not as Python: 1 MB instead of 10 for each session.
+    os.dup2(sock.fileno(), 0)  # (fd 1 is /dev/null since _take_stdio)
+    try:
+        os.execvp("cat", ["cat"])
+    except OSError:
+        pass
     try:
         while sock.recv(4096):
             pass

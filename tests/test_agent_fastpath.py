@@ -333,6 +333,7 @@ def test_through_sshd_the_daemon_has_the_pipes_and_attach_ends_with_its_link(ssh
         stream = pipes(daemon) & pipes(stream_peer_pid(sshd, daemon))
         assert len(stream) == 2  # ssh's stdin and stdout: sshd at one end, the daemon at the other
         assert not stream & pipes(attach)
+        assert read_stat(attach)[0] == "cat"  # type: ignore[index]  # waits as cat, not as Python
         os.kill(ssh_child(km), signal.SIGKILL)  # a drop
         assert wait_gone(attach, 10), "the attach process outlived its ssh connection"
         assert run_cell(kc, "print('back')")[1] == [("stream", {"name": "stdout", "text": "back\n"})]
