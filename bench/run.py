@@ -68,11 +68,8 @@ def _p99(values: List[float]) -> float:
 
 
 def clear_agent_cache(cache_home: Path) -> None:
-    for path in glob.glob(str(cache_home / "proxykernel" / "agent-*.zip")):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    for path in glob.glob(str(cache_home / "proxykernel" / "agent-*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Bench:

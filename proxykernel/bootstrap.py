@@ -1,8 +1,9 @@
 """What runs first on the remote host: a one-line shell script and a stdlib-only Python bootstrap.
 
 The bootstrap checks the remote Python and its packages, looks for the agent in the user's cache
-(keyed by the agent's SHA-256), takes it from the stream when it is not there, verifies it and runs
-it. Only non-secret values appear on the command line: the session key travels later, inside the
+(a directory named by the SHA-256 of the agent's zip, renamed into place only once complete, where
+Python keeps the compiled bytecode for the next start), takes it from the stream when it is not
+there, verifies and unpacks it, and runs it. Only non-secret values appear on the command line: the session key travels later, inside the
 stream. Nothing waits for an answer: the stream starts with the agent (or a zero length, when the
 proxy believes the cache has it), and the agent's own stream follows at once; a cache that lacks
 the agent after all answers NEED and exits, and the proxy starts again with the agent.
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shlex
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 __all__ = ["AgentBundle", "agent_bundle", "remote_command", "remote_python_command", "BootReply", "BootReader",
@@ -32,10 +33,10 @@ _BOOTSTRAP = r'''
 import os,sys
 def say(s):os.write(1,("\nPXKBOOT "+s+"\n").encode())
 if sys.version_info<(3,8):say("ERR old-python %d.%d %s"%(sys.version_info[0],sys.version_info[1],sys.executable));sys.exit(3)
-import hashlib,importlib.util as u,tempfile
+import hashlib,importlib.util as u
 m=[n for n in("ipykernel","zmq","jupyter_client")if u.find_spec(n)is None]
 if m:say("ERR missing %s %s"%(",".join(m),sys.executable));sys.exit(3)
-h=sys.argv[1];d=os.path.join(os.environ.get("XDG_CACHE_HOME")or os.path.expanduser("~/.cache"),"proxykernel");f=os.path.join(d,"agent-%s.zip"%h)
+h=sys.argv[1];d=os.path.join(os.environ.get("XDG_CACHE_HOME")or os.path.expanduser("~/.cache"),"proxykernel");f=os.path.join(d,"agent-"+h)
 def rd(n):
  b=[];k=0
  while k<n:
@@ -44,17 +45,17 @@ def rd(n):
   b.append(c);k+=len(c)
  return b"".join(b)
 n=int(rd(12));z=rd(n)if n else b""
-try:
- with open(f,"rb")as x:ok=hashlib.sha256(x.read()).hexdigest()==h
-except OSError:ok=False
-if ok:say("HAVE")
+if os.path.isdir(f):say("HAVE")
 elif not z:say("NEED");sys.exit(5)
 else:
  if hashlib.sha256(z).hexdigest()!=h:say("ERR corrupt-agent");sys.exit(4)
- try:os.makedirs(d,0o700,exist_ok=True);t=f+".%d"%os.getpid()
- except OSError:t=f=tempfile.mkstemp(suffix=".zip")[1]
- with open(t,"wb")as x:x.write(z)
- os.replace(t,f);say("GOT")
+ import io,shutil,tempfile,zipfile
+ try:os.makedirs(d,0o700,exist_ok=True);t=tempfile.mkdtemp(dir=d)
+ except OSError:f=t=tempfile.mkdtemp()
+ zipfile.ZipFile(io.BytesIO(z)).extractall(t)
+ try:os.rename(t,f)
+ except OSError:shutil.rmtree(t,True)
+ say("GOT")
 if sys.argv[2:]==["--cache-only"]:sys.exit(0)
 sys.path.insert(0,f)
 import remote_agent.attach as a
@@ -80,13 +81,14 @@ NO_AGENT = b"%012d" % 0
 @lru_cache(maxsize=None)
 def agent_bundle(source: Optional[str] = None) -> AgentBundle:
     """Zip ``remote_agent`` deterministically (fixed timestamps), so equal code gives an equal hash."""
-    package = Path(source) if source else Path(__file__).resolve().parent.parent / "remote_agent"
+    package = source or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "remote_agent")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(package.glob("*.py")):
-            info = zipfile.ZipInfo("remote_agent/" + path.name, date_time=(2020, 1, 1, 0, 0, 0))
+        for name in sorted(n for n in os.listdir(package) if n.endswith(".py")):
+            info = zipfile.ZipInfo("remote_agent/" + name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
+            with open(os.path.join(package, name), "rb") as source_file:
+                archive.writestr(info, source_file.read())
     data = buffer.getvalue()
     return AgentBundle(data, hashlib.sha256(data).hexdigest())
 

@@ -32,16 +32,13 @@ PROBE = r'''
 import os,sys
 def say(s):os.write(1,("\nPXKBOOT "+s+"\n").encode())
 if sys.version_info<(3,8):say("ERR old-python %d.%d %s"%(sys.version_info[0],sys.version_info[1],sys.executable));sys.exit(3)
-import base64,hashlib,json,socket,importlib.util as u
+import base64,json,socket,importlib.util as u
 m=[n for n in("ipykernel","zmq","jupyter_client")if u.find_spec(n)is None]
 if m:say("ERR missing %s %s"%(",".join(m),sys.executable));sys.exit(3)
 try:
  from importlib.metadata import version;v=version("ipykernel")
 except Exception:v="unknown"
-h=sys.argv[1];f=os.path.join(os.environ.get("XDG_CACHE_HOME")or os.path.expanduser("~/.cache"),"proxykernel","agent-%s.zip"%h)
-try:
- with open(f,"rb")as x:c=hashlib.sha256(x.read()).hexdigest()==h
-except OSError:c=False
+h=sys.argv[1];f=os.path.join(os.environ.get("XDG_CACHE_HOME")or os.path.expanduser("~/.cache"),"proxykernel","agent-"+h);c=os.path.isdir(f)
 i={"python":sys.version.split()[0],"executable":sys.executable,"ipykernel":v,"hostname":socket.gethostname(),"cached":c,"cache":f,"euid":os.geteuid(),"cwd":os.getcwd()}
 say("INFO "+base64.b64encode(json.dumps(i).encode()).decode())
 for l in iter(sys.stdin.buffer.readline,b""):os.write(1,l)

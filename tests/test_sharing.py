@@ -1,10 +1,13 @@
 """One ssh connection per host, shared by its kernels; and a start that waits for no answer."""
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, List
@@ -75,7 +78,7 @@ def _bootstrap(stdin: bytes, cache: Path, *args: str) -> subprocess.CompletedPro
 
 def test_bootstrap_takes_the_agent_from_the_stream_without_asking(tmp_path: Path) -> None:
     bundle = agent_bundle()
-    stored = tmp_path / "proxykernel" / ("agent-%s.zip" % bundle.sha256)
+    stored = tmp_path / "proxykernel" / ("agent-" + bundle.sha256)
     # Nothing cached and no agent along: it says NEED and exits, reading nothing more.
     result = _bootstrap(NO_AGENT, tmp_path, CACHE_ONLY)
     assert result.stdout == b"\nPXKBOOT NEED\n" and result.returncode == 5
@@ -83,7 +86,9 @@ def test_bootstrap_takes_the_agent_from_the_stream_without_asking(tmp_path: Path
     # The agent along: stored and verified, without a word from the remote first.
     result = _bootstrap(bundle.framed(), tmp_path, CACHE_ONLY)
     assert result.stdout == b"\nPXKBOOT GOT\n" and result.returncode == 0
-    assert stored.read_bytes() == bundle.data
+    with zipfile.ZipFile(io.BytesIO(bundle.data)) as sent:
+        for name in sent.namelist():
+            assert (stored / name).read_bytes() == sent.read(name)
     # Cached: both starts of the stream are taken, and the agent along is not needed.
     for preface in (NO_AGENT, bundle.framed()):
         result = _bootstrap(preface, tmp_path, CACHE_ONLY)
@@ -91,7 +96,7 @@ def test_bootstrap_takes_the_agent_from_the_stream_without_asking(tmp_path: Path
     # A damaged agent is refused.
     damaged = bytearray(bundle.framed())
     damaged[-1] ^= 1
-    stored.unlink()
+    shutil.rmtree(str(stored))
     result = _bootstrap(bytes(damaged), tmp_path, CACHE_ONLY)
     assert result.stdout == b"\nPXKBOOT ERR corrupt-agent\n" and not stored.exists()
 
@@ -104,7 +109,9 @@ def test_a_stale_memo_of_the_remote_cache_costs_a_retry_not_the_kernel(sshd: Any
     argv = proxy_argv(sshd, extra=["--pre-command", pre, "--no-connection-sharing"])
     with running_kernel(argv, tmp_path) as (km, kc):
         assert run_cell(kc, "print(6 * 7)")[1][0][1]["text"] == "42\n"
-        assert any(cache.glob("proxykernel/agent-*.zip"))
+        assert any(p.is_dir() for p in cache.glob("proxykernel/agent-*"))
+        # Unpacked, so that Python keeps the agent's bytecode there for the next start.
+        assert any(cache.glob("proxykernel/agent-*/remote_agent/__pycache__/agent.*.pyc"))
         proxy = km.provisioner.pid  # type: ignore[union-attr]
         assert alive(proxy)
     assert os.path.exists(memo)  # confirmed again by the retry
