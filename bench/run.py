@@ -179,10 +179,17 @@ class Bench:
             result["wan"] = self.measure_wan(local_start)
         result["meta"]["seconds"] = round(time.perf_counter() - began, 1)
         result["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        self.stop_masters()  # by design they outlive their kernels by --connection-persist
         # Everything was shut down: what still runs on the "remote" (besides the sshd) was left over.
         result["meta"]["remote_leftovers"] = [" ".join(procs.cmdline(p))[:120]
                                               for p in self.sshd.session_pids()]
         return result
+
+    def stop_masters(self) -> None:
+        """``ssh -O exit`` for the shared ControlMasters the proxies left in our runtime dirs."""
+        for control in glob.glob(str(self.tmp / "run-*" / "proxykernel" / "cm-*")):
+            subprocess.run(["ssh", "-o", "ControlPath=" + control, "-O", "exit", "pxk-bench"],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
 
     def warm_up(self) -> None:
         """One untimed local start, so that the first variant does not pay for a cold page cache."""
