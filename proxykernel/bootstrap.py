@@ -11,13 +11,13 @@ the agent after all answers NEED and exits, and the proxy starts again with the 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shlex
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
+
+from remote_agent.attach import runtime_dir  # the per-user 0700 directory, on this side too
 
 __all__ = ["AgentBundle", "agent_bundle", "remote_command", "remote_python_command", "BootReply", "BootReader",
            "BOOT_MARK", "CACHE_ONLY", "NO_AGENT"]
@@ -80,17 +80,39 @@ NO_AGENT = b"%012d" % 0
 
 @lru_cache(maxsize=None)
 def agent_bundle(source: Optional[str] = None) -> AgentBundle:
-    """Zip ``remote_agent`` deterministically (fixed timestamps), so equal code gives an equal hash."""
+    """The agent's zip, made deterministically (fixed timestamps, so equal code gives an equal
+    hash) and kept in the runtime directory under a name taken from the sources' sizes and times:
+    a start then only reads it, without zipping anything."""
     package = source or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "remote_agent")
+    names = sorted(n for n in os.listdir(package) if n.endswith(".py"))
+    stamps = [(name, os.stat(os.path.join(package, name))) for name in names]
+    key = repr([os.path.abspath(package)] + [(n, st.st_size, st.st_mtime_ns) for n, st in stamps])
+    made = os.path.join(runtime_dir(), "bundle-%s.zip" % hashlib.sha256(key.encode()).hexdigest()[:16])
+    try:
+        with open(made, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        data = _zip_package(package, names)
+        try:
+            with open(made + ".%d" % os.getpid(), "wb") as handle:
+                handle.write(data)
+            os.replace(made + ".%d" % os.getpid(), made)
+        except OSError:
+            pass  # zipped again next time
+    return AgentBundle(data, hashlib.sha256(data).hexdigest())
+
+
+def _zip_package(package: str, names: Sequence[str]) -> bytes:
+    import io
+    import zipfile
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in sorted(n for n in os.listdir(package) if n.endswith(".py")):
+        for name in names:
             info = zipfile.ZipInfo("remote_agent/" + name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             with open(os.path.join(package, name), "rb") as source_file:
                 archive.writestr(info, source_file.read())
-    data = buffer.getvalue()
-    return AgentBundle(data, hashlib.sha256(data).hexdigest())
+    return buffer.getvalue()
 
 
 def remote_command(python: str, bundle: AgentBundle, sudo: bool = False,

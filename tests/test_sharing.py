@@ -129,3 +129,18 @@ def test_aes_gcm_goes_first_only_where_the_user_left_the_ciphers_alone(sshd: Any
                                       options=("Ciphers=aes256-ctr",)))
     argv = ssh_command(mine, "key")
     assert "Ciphers=aes256-ctr" in argv and not any(a.startswith("Ciphers=^") for a in argv)
+
+
+def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> None:
+    from proxykernel.bootstrap import _zip_package
+    source = tmp_path / "remote_agent"
+    shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(__file__)), "remote_agent"), str(source),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    names = sorted(p.name for p in source.glob("*.py"))
+    first = agent_bundle.__wrapped__(str(source))  # (agent_bundle itself also caches per process)
+    assert first.data == _zip_package(str(source), names)  # the kept zip is the one we would make
+    assert agent_bundle.__wrapped__(str(source)) == first
+    with open(str(source / "attach.py"), "a") as changed:
+        changed.write("# changed\n")
+    second = agent_bundle.__wrapped__(str(source))
+    assert second.sha256 != first.sha256 and second.data == _zip_package(str(source), names)
