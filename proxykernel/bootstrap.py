@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
@@ -93,6 +94,7 @@ def agent_bundle(source: Optional[str] = None) -> AgentBundle:
             data = handle.read()
     except OSError:
         data = _zip_package(package, names)
+        _forget_old_bundles(os.path.dirname(made))
         try:
             with open(made + ".%d" % os.getpid(), "wb") as handle:
                 handle.write(data)
@@ -100,6 +102,18 @@ def agent_bundle(source: Optional[str] = None) -> AgentBundle:
         except OSError:
             pass  # zipped again next time
     return AgentBundle(data, hashlib.sha256(data).hexdigest())
+
+
+def _forget_old_bundles(directory: str, max_age: float = 86400.0) -> None:
+    """Zips of agents made over a day ago (an upgrade leaves the old one): remade if ever needed."""
+    now = time.time()
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        try:
+            if name.startswith("bundle-") and now - os.stat(path).st_mtime > max_age:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _zip_package(package: str, names: Sequence[str]) -> bytes:

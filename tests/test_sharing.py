@@ -144,3 +144,12 @@ def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> N
         changed.write("# changed\n")
     second = agent_bundle.__wrapped__(str(source))
     assert second.sha256 != first.sha256 and second.data == _zip_package(str(source), names)
+    # Making one forgets those made over a day ago.
+    from remote_agent.attach import runtime_dir
+    old = Path(runtime_dir()) / "bundle-0000000000000000.zip"
+    old.write_bytes(b"old")
+    os.utime(str(old), (time.time() - 2 * 86400,) * 2)
+    with open(str(source / "attach.py"), "a") as changed:
+        changed.write("# changed again\n")
+    agent_bundle.__wrapped__(str(source))
+    assert not old.exists()
