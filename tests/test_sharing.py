@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,3 +154,27 @@ def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> N
         changed.write("# changed again\n")
     agent_bundle.__wrapped__(str(source))
     assert not old.exists()
+
+
+def test_a_hung_shared_connection_is_replaced_and_every_kernel_on_it_recovers(tmp_path: Path) -> None:
+    from proxykernel.sshd import read_stat
+    from tests.test_reconnect import FAST, PRINT_EVERY_20MS, collect_lines, remote_pid, stream_peer_pid
+    with SSHServer() as sshd:
+        argv = proxy_argv(sshd, extra=FAST + ["--connection-persist", "1"])
+        with ExitStack() as stack:
+            kernels = [stack.enter_context(running_kernel(argv, tmp_path / str(i)))[1] for i in range(2)]
+            daemons = [read_stat(remote_pid(kc, sshd))[2] for kc in kernels]  # type: ignore[index]
+            shared = {stream_peer_pid(sshd, daemon) for daemon in daemons}
+            assert len(shared) == 1  # both kernels' streams cross one ssh connection
+            logins = sshd.login_count()
+            msg_ids = [kc.execute(PRINT_EVERY_20MS.format(n=200)) for kc in kernels]
+            time.sleep(1.0)
+            session = shared.pop()
+            os.kill(session, signal.SIGSTOP)  # the connection stays open, but nothing moves on it
+            try:
+                got = [collect_lines(kc, msg_id, timeout=60) for kc, msg_id in zip(kernels, msg_ids)]
+            finally:
+                os.kill(session, signal.SIGCONT)
+            assert got == [list(range(200))] * 2
+            assert sshd.login_count() > logins  # a new connection replaced the hung master
+            assert [run_cell(kc, "print(1 + 1)")[1][0][1]["text"] for kc in kernels] == ["2\n"] * 2
