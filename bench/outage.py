@@ -3,8 +3,8 @@
 Against a private sshd on 127.0.0.1 (``proxykernel.sshd.SSHServer``), with a kernel printing a
 numbered line every 20 ms, for each heartbeat setting and each repetition (a fresh kernel each):
 
-1. **detect**: SIGSTOP of the ssh session's pump process on the remote (a hung link: nothing is
-   closed, nothing moves); the time until the proxy starts a new ``ssh``. Then **relink**: from that
+1. **detect**: SIGSTOP of sshd's process that carries the stream on the remote (a hung link:
+   nothing is closed, nothing moves); the time until the proxy starts a new ``ssh``. Then **relink**: from that
    new ``ssh``'s start to the first new output line at the client (login, attach, resume, replay).
 2. **return**: the link goes down for good (the sshd listener is stopped too, so the proxy's new
    ``ssh`` waits in the connection queue), and comes back (SIGCONT of both) 2 s after the proxy began
@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from bench import procs
 from bench.kernels import Kernel, Spec, wait_ready
-from proxykernel.sshd import SSHServer, descendants, read_stat
+from proxykernel.sshd import SSHServer, descendants, read_stat, stream_peer_pid
 
 __all__ = ["main", "SETTINGS"]
 
@@ -69,16 +69,17 @@ def ssh_clients(proxy: int) -> List[int]:
             and (read_stat(p) or ("", "", 0))[2] == proxy]
 
 
-def pump_pid(sshd_pid: int) -> int:
-    """The running ssh session's pump process on the "remote": a Python process of the session that is
-    neither a kernel nor a kernel's parent (the agent daemon); the newest running one."""
-    kernels = procs.kernel_pids(sshd_pid)
-    daemons = {(read_stat(k) or ("", "", 0))[2] for k in kernels}
-    pumps = [p for p in procs.remote_agent_pids(sshd_pid)
-             if p not in daemons and (read_stat(p) or ("", ""))[1] not in ("T", "t", "Z")]
-    if not pumps:
-        raise Timeout("no ssh session pump process on the remote side")
-    return max(pumps, key=_start_time)
+def stream_carrier(sshd: SSHServer) -> int:
+    """sshd's process that carries the kernel's stream to the network (the daemon, the kernel's
+    parent, holds the other end of its pipes): stopping it hangs the link, nothing closes."""
+    kernels = procs.kernel_pids(sshd.pid)
+    if not kernels:
+        raise Timeout("no kernel on the remote side")
+    daemon = (read_stat(max(kernels, key=_start_time)) or ("", "", 0))[2]
+    try:
+        return stream_peer_pid(sshd, daemon)
+    except LookupError:
+        raise Timeout("no sshd process carries the agent's stream") from None
 
 
 def listener_pid(sshd: SSHServer) -> int:
@@ -149,9 +150,9 @@ def one_round(sshd: SSHServer, spec: Spec, log: Any, tmp: Path) -> Dict[str, flo
         time.sleep(1.0)
 
         # Phase 1: a hung link.
-        pump, old = pump_pid(sshd.pid), ssh_clients(proxy)
-        os.kill(pump, signal.SIGSTOP)
-        stopped.append(pump)
+        carrier, old = stream_carrier(sshd), ssh_clients(proxy)
+        os.kill(carrier, signal.SIGSTOP)
+        stopped.append(carrier)
         hung = time.perf_counter()
         detected = new_ssh(proxy, old)
         relinked = lines.first_after(detected)
@@ -161,9 +162,9 @@ def one_round(sshd: SSHServer, spec: Spec, log: Any, tmp: Path) -> Dict[str, flo
         listener = listener_pid(sshd)
         os.kill(listener, signal.SIGSTOP)
         stopped.append(listener)
-        pump, old = pump_pid(sshd.pid), ssh_clients(proxy)
-        os.kill(pump, signal.SIGSTOP)
-        stopped.append(pump)
+        carrier, old = stream_carrier(sshd), ssh_clients(proxy)
+        os.kill(carrier, signal.SIGSTOP)
+        stopped.append(carrier)
         new_ssh(proxy, old)  # the dead link was noticed; this attempt now waits for the listener
         time.sleep(HOLD)
         for pid in reversed(stopped):
@@ -243,9 +244,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     print(table(results))
-    print("\nmedians of %d; detect = SIGSTOP of the remote pump until the proxy starts a new ssh; relink = "
+    print("\nmedians of %d; detect = SIGSTOP of sshd's process carrying the stream until the proxy starts a new ssh; relink = "
           "that ssh's start until the first new output line; return = SIGCONT of the stopped sshd "
-          "listener and pump until the first new output line. JSON: %s" % (args.reps, args.json))
+          "listener and that process until the first new output line. JSON: %s" % (args.reps, args.json))
     return 0
 
 

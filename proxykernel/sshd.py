@@ -108,6 +108,33 @@ def descendants(pid, table=None):
     return sorted(out)
 
 
+def pipes(pid):
+    """The pipes ``pid`` has open, as /proc/PID/fd shows them (``pipe:[INODE]``)."""
+    found = set()
+    try:
+        names = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return found
+    for name in names:
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, name))
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            found.add(target)
+    return found
+
+
+def stream_peer_pid(sshd, daemon):
+    """sshd's process at the other end of the ssh pipes ``daemon`` reads and writes: the one that
+    carries the stream to the network (one per connection, shared by its sessions)."""
+    held = pipes(daemon)
+    for pid in descendants(sshd.pid):
+        if pid != daemon and (read_stat(pid) or ("",))[0] == "sshd" and held & pipes(pid):
+            return pid
+    raise LookupError("no sshd process holds the other end of the agent daemon's stream")
+
+
 def pid_namespace(pid):
     """The PID namespace of a process ('pid:[4026...]'), or None if gone."""
     try:

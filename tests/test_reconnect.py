@@ -15,13 +15,13 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 
 from proxykernel.proxy import kernel_id
-from proxykernel.sshd import descendants, read_stat
+from proxykernel.sshd import descendants, pipes, read_stat, stream_peer_pid  # noqa: F401 (used by other tests)
 from remote_agent.attach import runtime_dir
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel, shell_reply
 
@@ -65,33 +65,6 @@ def attach_pid(daemon: int) -> int:
             if peers:
                 return int(peers[0])
     raise AssertionError("no process is attached to the agent daemon %d" % daemon)
-
-
-def pipes(pid: int) -> Set[str]:
-    """The pipes ``pid`` has open, as /proc/PID/fd shows them (``pipe:[INODE]``)."""
-    found: Set[str] = set()
-    try:
-        names = os.listdir("/proc/%d/fd" % pid)
-    except OSError:
-        return found
-    for name in names:
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, name))
-        except OSError:
-            continue
-        if target.startswith("pipe:"):
-            found.add(target)
-    return found
-
-
-def stream_peer_pid(sshd: Any, daemon: int) -> int:
-    """sshd's process at the other end of the ssh pipes ``daemon`` reads and writes: the one that
-    carries the stream to the network (one per connection, shared by its sessions)."""
-    held = pipes(daemon)
-    for pid in descendants(sshd.pid):
-        if pid != daemon and (read_stat(pid) or ("",))[0] == "sshd" and held & pipes(pid):
-            return pid
-    raise AssertionError("no sshd process holds the other end of the agent daemon's stream")
 
 
 def remote_pid(kc: BlockingKernelClient, sshd: Any) -> int:
