@@ -23,7 +23,9 @@ __all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel
 # OpenSSH's own default cipher order (6.9 to 9.x): ssh -G shows it when the user set no Ciphers.
 OPENSSH_DEFAULT_CIPHERS = ("chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,"
                            "aes128-gcm@openssh.com,aes256-gcm@openssh.com")
-FAST_CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+# The same ciphers, AES-GCM first. Spelled out, not "^aes128-gcm...": ssh before 8.2 has no "^".
+FAST_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+                "aes128-ctr,aes192-ctr,aes256-ctr")
 
 _REQUIRED = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "ip", "key",
              "transport")
@@ -155,7 +157,7 @@ def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None) ->
         ours += ["ControlMaster=auto", "ControlPath=" + control,
                  "ControlPersist=%d" % max(1, round(config.connection_persist))]
     if _prefer_aes_gcm(config.ssh):
-        ours.append("Ciphers=^" + FAST_CIPHERS)
+        ours.append("Ciphers=" + FAST_CIPHERS)
     return ssh_argv(replace(config.ssh, options=tuple(config.ssh.options) + tuple(ours)), command)
 
 
