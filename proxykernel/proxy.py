@@ -79,6 +79,7 @@ class Proxy:
         self.conn = wire.Connection("proxy", session=uuid.uuid4().hex, max_buffer=config.buffer_size)
         self.bundle: AgentBundle = agent_bundle(config.agent_source)
         self.agent_memo = agent_memo_path(config)
+        self.boot_buffer = memoryview(bytearray(64 * 1024))  # ssh's output until the agent speaks
         self.send_agent = False  # this link's stream starts with the agent (else with NO_AGENT)
         self.frontend: Optional[Frontend] = None
         self.argv: List[str] = []
@@ -145,7 +146,8 @@ class Proxy:
             self.conn.resume(0)
         self.attempts += 1
         self.send_agent = self.send_agent or not os.path.exists(self.agent_memo)
-        transport = SSHTransport(self.argv, self.on_ssh_data, self.on_ssh_stderr, self.on_ssh_exit)
+        transport = SSHTransport(self.argv, self.ssh_buffer, self.on_ssh_data, self.on_ssh_stderr,
+                                 self.on_ssh_exit)
         self.ssh = transport
         self.link_started = time.monotonic()
         asyncio.ensure_future(self._start(transport))
@@ -234,25 +236,32 @@ class Proxy:
             self.give_up()
 
     # -- the stream from the remote ----------------------------------------------------------
-    def on_ssh_data(self, transport: SSHTransport, data: bytes) -> None:
+    def ssh_buffer(self, transport: SSHTransport) -> memoryview:
+        """Where the next read from ssh goes: the stream's own buffers once the agent speaks."""
+        if self.boot is None and transport is self.ssh and not self.done.done():
+            return self.conn.read_buffer()
+        return self.boot_buffer
+
+    def on_ssh_data(self, transport: SSHTransport, count: int) -> None:
         if self.done.done() or transport is not self.ssh:
             return
         if self.heartbeat is not None:
             self.heartbeat.heard(time.monotonic())
+        rest: Optional[bytes] = None  # what followed the bootstrap's line in the same read
         if self.boot is not None:
             try:
-                result = self.boot.feed(data)
+                result = self.boot.feed(bytes(self.boot_buffer[:count]))
             except ValueError as error:
                 self.fail(str(error))
                 return
             if result is None:
                 return
-            reply, data = result
+            reply, rest = result
             self.boot = None
             if not self.booted(reply):
                 return
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(rest) if rest is not None else self.conn.received_into(count)
             for event in events:
                 self.handle(event)
         except wire.ProtocolError as error:

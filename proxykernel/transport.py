@@ -49,15 +49,19 @@ class _Reader(asyncio.Protocol):
 class SSHTransport:
     """Runs one ``ssh``; reports stdout bytes, stderr lines and exit through callbacks.
 
+    Stdout is read straight into the buffer the owner offers (``buffer``), then ``on_data`` says
+    how many bytes arrived: a large message is read into its own buffer, never joined from chunks.
     Exit is detected from stdout's EOF and then the process status, never from stderr's EOF: an
     OpenSSH ControlPersist master inherits stderr and keeps it open long after we are done.
     """
 
-    def __init__(self, argv: List[str], on_data: Callable[["SSHTransport", bytes], None],
+    def __init__(self, argv: List[str], buffer: Callable[["SSHTransport"], memoryview],
+                 on_data: Callable[["SSHTransport", int], None],
                  on_stderr: Callable[["SSHTransport", str], None],
                  on_exit: Callable[["SSHTransport", Optional[int]], None]) -> None:
         """Each callback gets this transport first, so the owner can ignore a replaced one."""
         self.argv = argv
+        self.buffer = buffer
         self.on_data = on_data
         self.on_stderr = on_stderr
         self.on_exit = on_exit
@@ -66,6 +70,7 @@ class SSHTransport:
         self.returncode: Optional[int] = None
         self._stdin: Optional[asyncio.WriteTransport] = None
         self._readers: List[asyncio.BaseTransport] = []
+        self._stdout_fd: Optional[int] = None  # while it is being read
         self._stderr_tail = b""
         self._exited = asyncio.Event()
 
@@ -77,14 +82,31 @@ class SSHTransport:
         assert self.popen.stdin and self.popen.stdout and self.popen.stderr
         for pipe in (self.popen.stdin, self.popen.stdout):
             _widen_pipe(pipe.fileno())
-        out, _ = await loop.connect_read_pipe(
-            lambda: _Reader(self._data, self._stdout_closed), self.popen.stdout)
+        self._stdout_fd = self.popen.stdout.fileno()
+        os.set_blocking(self._stdout_fd, False)
+        loop.add_reader(self._stdout_fd, self._readable)
         err, _ = await loop.connect_read_pipe(lambda: _Reader(self._stderr, lambda: None), self.popen.stderr)
-        self._readers = [out, err]
+        self._readers = [err]
         self._stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
 
-    def _data(self, data: bytes) -> None:
-        self.on_data(self, data)
+    def _readable(self) -> None:
+        assert self._stdout_fd is not None
+        try:
+            count = os.readv(self._stdout_fd, [self.buffer(self)])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            count = 0
+        if count:
+            self.on_data(self, count)
+            return
+        self._stop_reading()
+        self._stdout_closed()
+
+    def _stop_reading(self) -> None:
+        if self._stdout_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._stdout_fd)
+            self._stdout_fd = None
 
     def _stderr(self, data: bytes) -> None:
         lines = (self._stderr_tail + data).split(b"\n")
@@ -106,6 +128,7 @@ class SSHTransport:
         if self._stderr_tail:
             self.on_stderr(self, self._stderr_tail.decode("utf-8", "replace"))
             self._stderr_tail = b""
+        self._stop_reading()
         for reader in self._readers:
             reader.close()
         if self._stdin is not None:

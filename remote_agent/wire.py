@@ -38,6 +38,10 @@ MAGIC = b"\x89PXK\r\n\x1a\n"  # PNG-style: a high byte, CR LF and ^Z catch text-
 MAX_FRAME = 256 * 1024 * 1024
 # Noise kept while looking for MAGIC: a banner is a few kB; beyond this the peer is not an agent.
 MAX_NOISE = 64 * 1024
+# A frame at least this big is read straight into one buffer of its own size (read_buffer), so
+# it is never joined from many reads: one copy and its memory saved, for large outputs.
+DIRECT_FRAME = 1024 * 1024
+SCRATCH_SIZE = 256 * 1024  # what one read_buffer offers when no large frame is under way
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 # Acks are cumulative and batched: often enough that the sender's replay buffer stays small.
 ACK_EVERY_FRAMES = 128
@@ -271,6 +275,7 @@ class Connection:
     def __init__(self, role: str, session: str = "", max_buffer: int = 256 * 1024 * 1024) -> None:
         self.role = role
         self.max_buffer = max_buffer
+        self._scratch: Optional[bytearray] = None  # read_buffer's, made on first use
         self.reset_session(session)
         self.new_link()
 
@@ -299,9 +304,11 @@ class Connection:
         # looked up in the replay buffer only when written, so a stalled link holds no copies and
         # frames dropped meanwhile become skips.
         self._out: Deque[Any] = deque()
-        self._chunks: Deque[bytes] = deque()  # received, not yet parsed; the first from _offset
+        self._chunks: Deque["bytes | bytearray"] = deque()  # received, not yet parsed; the first from _offset
         self._offset = 0
         self.buffered_bytes = 0
+        self._fill: Optional[bytearray] = None  # a large frame's own buffer, being read into
+        self._filled = 0
         self._noise = 0
         self._magic_seen = False
 
@@ -478,7 +485,7 @@ class Connection:
         self._drops = [run for run in self._drops if run[1] > seq]
 
     # -- receiving -------------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> List[Event]:
+    def receive_data(self, data: "bytes | bytearray") -> List[Event]:
         """Feed bytes read from the stream; returns the complete events they finish.
 
         Frames are cut from the received chunks without copying when they lie in one chunk, and
@@ -502,7 +509,50 @@ class Connection:
             events.append(self._parse(kind, frame[_HEADER.size:]))
         return events
 
-    def _peek(self, count: int) -> bytes:
+    def read_buffer(self) -> memoryview:
+        """Where the next read from the stream should go (``os.readv``), for ``received_into``:
+        the rest of a large frame's own buffer once its header is in, else a scratch buffer."""
+        if self._fill is None:
+            size = self._frame_under_way()
+            if size >= DIRECT_FRAME:
+                fill = bytearray(size)
+                at = 0
+                for index, chunk in enumerate(self._chunks):
+                    view = memoryview(chunk)[self._offset if index == 0 else 0:]
+                    fill[at:at + len(view)] = view
+                    at += len(view)
+                self._chunks.clear()
+                self._offset = 0
+                self.buffered_bytes = 0
+                self._fill, self._filled = fill, at
+        if self._fill is not None:
+            return memoryview(self._fill)[self._filled:]
+        if self._scratch is None:
+            self._scratch = bytearray(SCRATCH_SIZE)
+        return memoryview(self._scratch)
+
+    def received_into(self, nbytes: int) -> List[Event]:
+        """``nbytes`` were read into the last ``read_buffer``: ``receive_data`` without a copy
+        for large frames."""
+        if self._fill is None:
+            assert self._scratch is not None
+            return self.receive_data(bytes(self._scratch[:nbytes]))
+        self._filled += nbytes
+        if self._filled < len(self._fill):
+            return []
+        whole, self._fill = self._fill, None
+        return self.receive_data(whole)
+
+    def _frame_under_way(self) -> int:
+        """The size of the frame whose start is buffered but not its end, or 0."""
+        if not self._magic_seen or self.buffered_bytes < _HEADER.size:
+            return 0
+        length, _ = _HEADER.unpack(self._peek(_HEADER.size))
+        if 0 < length <= MAX_FRAME and self.buffered_bytes < 4 + length:
+            return 4 + length
+        return 0  # (a bad length is reported by receive_data)
+
+    def _peek(self, count: int) -> "bytes | bytearray":
         first = self._chunks[0]
         if len(first) - self._offset < count:
             self._coalesce()
@@ -511,7 +561,7 @@ class Connection:
 
     def _coalesce(self) -> None:
         """All buffered chunks into one (rare: only a header split across reads needs it)."""
-        parts: List[Buffer] = [memoryview(self._chunks[0])[self._offset:]]
+        parts: List[Any] = [memoryview(self._chunks[0])[self._offset:]]
         parts.extend(list(self._chunks)[1:])
         joined = b"".join(parts)
         self._chunks = deque([joined])
@@ -563,7 +613,7 @@ class Connection:
         self._magic_seen = True
         return True
 
-    def _report_noise(self, events: List[Event], noise: bytes) -> None:
+    def _report_noise(self, events: List[Event], noise: "bytes | bytearray") -> None:
         self._noise += len(noise)
         if self._noise > MAX_NOISE:
             raise RemoteProtocolError(

@@ -135,6 +135,42 @@ def test_one_byte_at_a_time_decodes_like_the_whole_stream() -> None:
     assert decode(STREAM[i:i + 1] for i in range(len(STREAM))) == EXPECTED
 
 
+def read_into(conn: wire.Connection, data: bytes, sizes: Iterable[int]) -> List[wire.Event]:
+    """Feed ``data`` as reads into ``read_buffer`` would come, each at most the next of ``sizes``."""
+    events: List[wire.Event] = []
+    at, sizes = 0, iter(sizes)
+    while at < len(data):
+        buffer = conn.read_buffer()
+        count = min(len(buffer), next(sizes), len(data) - at)
+        buffer[:count] = data[at:at + count]
+        at += count
+        events.extend(conn.received_into(count))
+    return events
+
+
+@pytest.mark.parametrize("read", [1, 7, 4096, 65536, 1 << 22], ids=lambda n: "reads-of-%d" % n)
+def test_reads_into_read_buffer_decode_like_the_whole_stream(read: int) -> None:
+    data, expected = encoded(big=True)
+    events = read_into(wire.Connection("agent"), data, iter(lambda: read, None))
+    assert events == expected
+
+
+def test_a_large_frame_is_read_into_one_buffer_of_its_own_size() -> None:
+    sender = wire.Connection("proxy", session="s-1")
+    sender.send_hello()
+    sender.resume(0)
+    body = bytes(range(256)) * (3 * wire.DIRECT_FRAME // 256)
+    sender.send_data("iopub", [b"head", body, b"tail"])
+    sender.send_data("iopub", [b"small"])
+    conn = wire.Connection("agent")
+    events = read_into(conn, sender.data_to_send(), iter(lambda: 50000, None))
+    data = [e for e in events if isinstance(e, wire.ChannelData)]
+    assert [[bytes(p) for p in e.frames] for e in data] == [[b"head", body, b"tail"], [b"small"]]
+    big = data[0].frames[1]
+    assert isinstance(big, memoryview) and isinstance(big.obj, bytearray)  # a view, never joined
+    assert len(big.obj) < len(body) + 64  # the frame's own buffer: the body and its few headers
+
+
 def test_hello_split_just_after_magic_still_parses() -> None:
     # Regression: once MAGIC was consumed, a hello still incomplete at the end of a chunk must not be
     # searched for MAGIC again (it was reported as noise and lost).
