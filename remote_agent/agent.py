@@ -506,18 +506,20 @@ class Agent:
     def read_link(self) -> None:
         assert self.link is not None and self.heartbeat is not None
         try:
-            data = os.read(self.link.read_fd, READ_SIZE)
+            # Into the stream's own buffers: a large message (a big cell, a widget's data) is
+            # read into one buffer of its size instead of being joined from chunks.
+            count = os.readv(self.link.read_fd, [self.conn.read_buffer()])
         except BlockingIOError:
             return
         except OSError as error:
             self.detach(str(error))
             return
-        if not data:
+        if not count:
             self.detach("the ssh connection closed")
             return
         self.heartbeat.heard(time.monotonic())
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.received_into(count)
         except wire.ProtocolError as error:
             self.reject(error)
             return

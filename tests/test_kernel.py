@@ -146,6 +146,15 @@ def test_large_outputs_arrive_complete_and_in_order(proxied: Kernel) -> None:
     assert hashlib.sha256(blobs[0].encode()).digest() == hashlib.sha256(b"ab" * (10 * 1024 * 1024)).digest()
 
 
+def test_a_large_cell_reaches_the_kernel_intact(proxied: Kernel) -> None:
+    # The other way: a 6 MB request crosses the agent's read into a buffer of its own size.
+    blob = hashlib.sha256(b"seed").hexdigest() * (6 * 1024 * 1024 // 64)
+    code = "import hashlib\nprint(hashlib.sha256(%r.encode()).hexdigest())" % blob
+    reply, outputs = run_cell(proxied[1], code, timeout=60)
+    assert reply["status"] == "ok"
+    assert outputs == [("stream", {"name": "stdout", "text": hashlib.sha256(blob.encode()).hexdigest() + "\n"})]
+
+
 @pytest.mark.parametrize("mode", ["signal", "message"])
 def test_interrupt_during_sleep(sshd: Any, tmp_path: Path, mode: str) -> None:
     with running_kernel(proxy_argv(sshd), tmp_path, interrupt_mode=mode) as (km, kc):
