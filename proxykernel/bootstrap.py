@@ -51,12 +51,12 @@ elif not z:say("NEED");sys.exit(5)
 else:
  if hashlib.sha256(z).hexdigest()!=h:say("ERR corrupt-agent");sys.exit(4)
  import io,shutil,tempfile,zipfile
- try:os.makedirs(d,0o700,exist_ok=True);t=tempfile.mkdtemp(dir=d)
- except OSError:f=t=tempfile.mkdtemp()
+ try:os.makedirs(d,0o700,exist_ok=True);t=tempfile.mkdtemp(dir=d);w=""
+ except OSError:f=t=tempfile.mkdtemp();w=" uncached"
  zipfile.ZipFile(io.BytesIO(z)).extractall(t)
  try:os.rename(t,f)
  except OSError:shutil.rmtree(t,True)
- say("GOT")
+ say("GOT"+w)
 if sys.argv[2:]==["--cache-only"]:sys.exit(0)
 sys.path.insert(0,f)
 import remote_agent.attach as a
@@ -171,7 +171,8 @@ def remote_python_command(python: str, code: str, args: Sequence[str] = (), sudo
 
 @dataclass(frozen=True)
 class BootReply:
-    """The bootstrap's verdict: ``HAVE`` (cached), ``GOT`` (stored now), ``NEED`` or ``ERR`` and its words."""
+    """The bootstrap's verdict: ``HAVE`` (cached), ``GOT`` (stored now; ``GOT uncached``: in a temporary
+    directory, the cache being unwritable), ``NEED`` or ``ERR`` and its words."""
     status: str
     words: Tuple[str, ...]
 

@@ -292,6 +292,10 @@ class Proxy:
             log.info("agent sent (%d kB)", len(self.bundle.data) // 1024)
         else:
             log.info("agent cached on %s", self.config.host)
+        if "uncached" in reply.words:
+            log.warning("the agent cannot be cached on %s (its ~/.cache is not writable): every start "
+                        "sends it again", self.config.host)
+            return True  # no marker: the next start sends the agent along again, no retry
         try:
             with open(self.agent_memo, "w"):
                 pass

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from contextlib import ExitStack
@@ -70,9 +71,9 @@ def test_more_kernels_than_the_server_allows_sessions_still_start(tmp_path: Path
         assert master is not None and _wait_gone(master, MASTER_GONE)
 
 
-def _bootstrap(stdin: bytes, cache: Path, *args: str) -> subprocess.CompletedProcess:
+def _bootstrap(stdin: bytes, cache: Path, *args: str, tmpdir: str = "") -> subprocess.CompletedProcess:
     """The bootstrap on this machine, as a remote shell would run it (its 'remote' is local here)."""
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=tmpdir or str(cache))
     return subprocess.run([sys.executable, "-c", _BOOTSTRAP, agent_bundle().sha256, *args], input=stdin,
                           capture_output=True, env=env, timeout=30)
 
@@ -94,6 +95,11 @@ def test_bootstrap_takes_the_agent_from_the_stream_without_asking(tmp_path: Path
     for preface in (NO_AGENT, bundle.framed()):
         result = _bootstrap(preface, tmp_path, CACHE_ONLY)
         assert result.stdout == b"\nPXKBOOT HAVE\n" and result.returncode == 0
+    # A cache that cannot be made: the agent runs from a temporary directory, and the proxy is told.
+    blocked = tmp_path / "a-file"
+    blocked.write_bytes(b"")
+    result = _bootstrap(bundle.framed(), blocked / "cache", CACHE_ONLY, tmpdir=str(tmp_path))
+    assert result.stdout == b"\nPXKBOOT GOT uncached\n" and result.returncode == 0
     # A damaged agent is refused.
     damaged = bytearray(bundle.framed())
     damaged[-1] ^= 1
@@ -179,3 +185,18 @@ def test_a_hung_shared_connection_is_replaced_and_every_kernel_on_it_recovers(tm
             assert got == [list(range(200))] * 2
             assert sshd.login_count() > logins  # a new connection replaced the hung master
             assert [run_cell(kc, "print(1 + 1)")[1][0][1]["text"] for kc in kernels] == ["2\n"] * 2
+
+
+def test_an_unwritable_remote_cache_leaves_no_marker(sshd: Any, tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_bytes(b"")
+    short_tmp = tempfile.mkdtemp(prefix="pxk-t")  # the agent's sockets go here too: keep it short
+    try:
+        pre = "export XDG_CACHE_HOME=%s/cache TMPDIR=%s" % (blocked, short_tmp)
+        memo = agent_memo_path(_config(sshd, pre_command=pre))
+        argv = proxy_argv(sshd, extra=["--pre-command", pre, "--no-connection-sharing"])
+        with running_kernel(argv, tmp_path / "spec") as (km, kc):
+            assert run_cell(kc, "print(6 * 7)")[1][0][1]["text"] == "42\n"
+        assert not os.path.exists(memo)  # else every later start would first fail, then retry
+    finally:
+        shutil.rmtree(short_tmp, ignore_errors=True)
