@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional
 
 from proxykernel.bootstrap import agent_bundle, remote_command
-from proxykernel.ssh import SSHOptions, ssh_argv
+from proxykernel.ssh import SSHOptions, config_args, ssh_argv
 from remote_agent.attach import runtime_dir  # the same 0700 per-user directory, on this side
 
 __all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "ssh_command",
@@ -85,12 +85,9 @@ def kernel_id(key: str, connection_file: str) -> str:
 @lru_cache(maxsize=8)
 def ssh_settings(opts: SSHOptions) -> Optional[Dict[str, str]]:
     """What ssh will use for this host after reading the user's config (``ssh -G``); None if unknown."""
-    argv = [opts.ssh, "-G"] + (["-F", opts.config_file] if opts.config_file else [])
-    for option in opts.options:
-        argv += ["-o", option]
     try:
-        out = subprocess.run(argv + ["--", opts.host], capture_output=True, text=True, timeout=5,
-                             stdin=subprocess.DEVNULL).stdout
+        out = subprocess.run([opts.ssh, "-G"] + config_args(opts) + ["--", opts.host], capture_output=True,
+                             text=True, timeout=5, stdin=subprocess.DEVNULL).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)

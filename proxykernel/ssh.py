@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-__all__ = ["SSHOptions", "ssh_argv", "spawn_ssh", "explain_ssh_failure"]
+__all__ = ["SSHOptions", "config_args", "ssh_argv", "spawn_ssh", "explain_ssh_failure"]
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,17 @@ class SSHOptions:
     ssh: str = "ssh"
 
 
-def ssh_argv(opts: SSHOptions, remote_command: str) -> List[str]:
-    """The ssh command line. Nothing secret goes here: it is visible in ``ps`` on this host."""
-    argv = [opts.ssh, "-T"]  # no tty: a tty would mangle the binary stream
-    if opts.config_file:
-        argv += ["-F", opts.config_file]
+def config_args(opts: SSHOptions) -> List[str]:
+    """The arguments that choose what ssh reads for the host: ``-F`` and each ``-o``."""
+    argv = ["-F", opts.config_file] if opts.config_file else []
     for option in opts.options:
         argv += ["-o", option]
+    return argv
+
+
+def ssh_argv(opts: SSHOptions, remote_command: str) -> List[str]:
+    """The ssh command line. Nothing secret goes here: it is visible in ``ps`` on this host."""
+    argv = [opts.ssh, "-T"] + config_args(opts)  # -T, no tty: a tty would mangle the binary stream
     if opts.connect_timeout:
         argv += ["-o", "ConnectTimeout=%d" % max(1, round(opts.connect_timeout))]
     # "--" ends ssh's options, so a host value can never be read as one.
