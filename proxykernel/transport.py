@@ -34,16 +34,14 @@ def _widen_pipe(fd: int) -> None:
         pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default size works, slower
 
 
-class _Reader(asyncio.Protocol):
-    def __init__(self, on_data: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+class _StderrReader(asyncio.Protocol):
+    """ssh's stderr; its end says nothing (a ControlPersist master may keep it open)."""
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
         self.on_data = on_data
-        self.on_eof = on_eof
 
     def data_received(self, data: bytes) -> None:
         self.on_data(data)
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.on_eof()
 
 
 class SSHTransport:
@@ -69,7 +67,7 @@ class SSHTransport:
         self.pid: Optional[int] = None
         self.returncode: Optional[int] = None
         self._stdin: Optional[asyncio.WriteTransport] = None
-        self._readers: List[asyncio.BaseTransport] = []
+        self._stderr_pipe: Optional[asyncio.BaseTransport] = None
         self._stdout_fd: Optional[int] = None  # while it is being read
         self._stderr_tail = b""
         self._exited = asyncio.Event()
@@ -85,8 +83,8 @@ class SSHTransport:
         self._stdout_fd = self.popen.stdout.fileno()
         os.set_blocking(self._stdout_fd, False)
         loop.add_reader(self._stdout_fd, self._readable)
-        err, _ = await loop.connect_read_pipe(lambda: _Reader(self._stderr, lambda: None), self.popen.stderr)
-        self._readers = [err]
+        self._stderr_pipe, _ = await loop.connect_read_pipe(lambda: _StderrReader(self._stderr),
+                                                            self.popen.stderr)
         self._stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self.popen.stdin)
 
     def _readable(self) -> None:
@@ -129,8 +127,8 @@ class SSHTransport:
             self.on_stderr(self, self._stderr_tail.decode("utf-8", "replace"))
             self._stderr_tail = b""
         self._stop_reading()
-        for reader in self._readers:
-            reader.close()
+        if self._stderr_pipe is not None:
+            self._stderr_pipe.close()
         if self._stdin is not None:
             self._stdin.close()
         self.returncode = self.popen.returncode
