@@ -45,7 +45,6 @@ POLL_MS = 100  # how often timers (heartbeat, linger, kernel exit) are checked w
 KILL_GRACE = 3.0  # seconds a kernel gets to exit after SIGTERM before SIGKILL
 DRAIN_SECONDS = 0.3  # after the kernel exits, how long its last messages (shutdown_reply) may trail
 IDLE_EXIT = 30.0  # a daemon with no kernel and no proxy for this long exits (a restart never came)
-READ_SIZE = 1 << 20
 SENDMSG_PIECES = 512  # buffers per vectored write (IOV_MAX is 1024 on Linux)
 # Bytes taken from the replay buffer into the link's write queue at a time: a stalled link then
 # holds no more than this beyond the (capped) replay buffer itself.
@@ -157,17 +156,17 @@ def _read_first_start(listener: socket.socket, first: _FirstLink) -> None:
         if remaining <= 0 or not poll.poll(remaining * 1000):
             break
         try:
-            data = os.read(link.read_fd, READ_SIZE)
+            count = os.readv(link.read_fd, [first.conn.read_buffer()])  # as Agent.read_link does
         except BlockingIOError:
             continue
         except OSError as error:
             first.closed = str(error)
             break
-        if not data:
+        if not count:
             first.closed = "the ssh connection closed"
             break
         try:
-            first.events.extend(first.conn.receive_data(data))
+            first.events.extend(first.conn.received_into(count))
         except wire.ProtocolError as error:
             first.error = error
             break
