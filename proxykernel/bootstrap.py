@@ -3,10 +3,11 @@
 The bootstrap checks the remote Python and its packages, looks for the agent in the user's cache
 (a directory named by the SHA-256 of the agent's zip, renamed into place only once complete, where
 Python keeps the compiled bytecode for the next start), takes it from the stream when it is not
-there, verifies and unpacks it, and runs it. Only non-secret values appear on the command line: the session key travels later, inside the
-stream. Nothing waits for an answer: the stream starts with the agent (or a zero length, when the
-proxy believes the cache has it), and the agent's own stream follows at once; a cache that lacks
-the agent after all answers NEED and exits, and the proxy starts again with the agent.
+there, verifies and unpacks it, and runs it. Only non-secret values appear on the command line: the
+session key travels later, inside the stream. Nothing waits for an answer: the stream starts with
+the agent (or a zero length, when the proxy believes the cache has it), and the agent's own stream
+follows at once; a cache that lacks the agent after all answers NEED and exits, and the proxy
+starts again with the agent.
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def agent_bundle(source: Optional[str] = None) -> AgentBundle:
     """The agent's zip, made deterministically (fixed timestamps, so equal code gives an equal
     hash) and kept in the runtime directory under a name taken from the sources' sizes and times:
     a start then only reads it, without zipping anything."""
-    package = source or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "remote_agent")
+    package = source or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "remote_agent")
     names = sorted(n for n in os.listdir(package) if n.endswith(".py"))
     stamps = [(name, os.stat(os.path.join(package, name))) for name in names]
     key = repr([os.path.abspath(package)] + [(n, st.st_size, st.st_mtime_ns) for n, st in stamps])
@@ -95,10 +97,11 @@ def agent_bundle(source: Optional[str] = None) -> AgentBundle:
     except OSError:
         data = _zip_package(package, names)
         _forget_old_bundles(os.path.dirname(made))
+        partial = made + ".%d" % os.getpid()
         try:
-            with open(made + ".%d" % os.getpid(), "wb") as handle:
+            with open(partial, "wb") as handle:
                 handle.write(data)
-            os.replace(made + ".%d" % os.getpid(), made)
+            os.replace(partial, made)
         except OSError:
             pass  # zipped again next time
     return AgentBundle(data, hashlib.sha256(data).hexdigest())

@@ -140,7 +140,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         (spec.name, spec.host, spec.python, shlex.join(spec.options)) for spec in specs])
 
 
-def _print_table(rows: List[Sequence[str]]) -> None:
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
     """Columns padded to their widest cell; the last one is left as it is."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)] if rows else []
     for row in rows:

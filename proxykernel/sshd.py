@@ -216,7 +216,7 @@ class SSHServer:
         self.config_path = self.log_path = self.sshd_config_path = None
         self.host_key_path = self.client_key_path = self.badauth_key_path = None
         self.known_hosts_path = None
-        self.sudoers_paths = []  # files in /etc/sudoers.d that add_user() wrote; stop() removes them
+        self.sudoers_paths: "list[str]" = []  # files in /etc/sudoers.d that add_user() wrote; stop() removes them
 
     # -- lifecycle
 
