@@ -8,7 +8,6 @@ which covers an agent split into a detached daemon and an attach process).
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Iterable, List, Optional, Set
 
 from proxykernel.sshd import all_pids, descendants, pid_namespace, process_table, read_stat

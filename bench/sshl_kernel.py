@@ -13,7 +13,6 @@ file travels on ssh's stdin rather than on a command line. Stdlib only; not impo
 """
 import argparse
 import json
-import os
 import shlex
 import signal
 import socket

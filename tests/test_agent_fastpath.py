@@ -323,9 +323,9 @@ def test_attach_pumps_for_an_older_daemon(remote: Dict[str, Any]) -> None:
 
 
 def test_through_sshd_the_daemon_has_the_pipes_and_attach_ends_with_its_link(sshd: Any, tmp_path: Path) -> None:
-    from proxykernel.sshd import read_stat
+    from proxykernel.sshd import pipes, read_stat, stream_peer_pid
     from tests.kernels import proxy_argv, run_cell, running_kernel
-    from tests.test_reconnect import attach_pid, pipes, remote_pid, ssh_child, stream_peer_pid
+    from tests.test_reconnect import attach_pid, remote_pid, ssh_child
 
     with running_kernel(proxy_argv(sshd), tmp_path) as (km, kc):
         daemon = read_stat(remote_pid(kc, sshd))[2]  # type: ignore[index]

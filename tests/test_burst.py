@@ -24,9 +24,9 @@ from typing import Any, Dict, List
 
 import pytest
 
-from proxykernel.sshd import descendants, read_stat
+from proxykernel.sshd import descendants, read_stat, stream_peer_pid
 from tests.kernels import proxy_argv, run_cell, running_kernel, shell_reply
-from tests.test_reconnect import remote_pid, ssh_child, stream_peer_pid
+from tests.test_reconnect import remote_pid, ssh_child
 
 BUFFER_MB = 64
 SLACK_MB = 50  # what each side may use above the buffer cap (interpreter, libraries, ZMQ queues)

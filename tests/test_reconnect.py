@@ -21,7 +21,7 @@ import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 
 from proxykernel.proxy import kernel_id
-from proxykernel.sshd import descendants, pipes, read_stat, stream_peer_pid  # noqa: F401 (used by other tests)
+from proxykernel.sshd import descendants, read_stat, stream_peer_pid
 from remote_agent.attach import runtime_dir
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel, shell_reply
 

@@ -165,7 +165,8 @@ def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> N
 
 def test_a_hung_shared_connection_is_replaced_and_every_kernel_on_it_recovers(tmp_path: Path) -> None:
     from proxykernel.sshd import read_stat
-    from tests.test_reconnect import FAST, PRINT_EVERY_20MS, collect_lines, remote_pid, stream_peer_pid
+    from proxykernel.sshd import stream_peer_pid
+    from tests.test_reconnect import FAST, PRINT_EVERY_20MS, collect_lines, remote_pid
     with SSHServer() as sshd:
         argv = proxy_argv(sshd, extra=FAST + ["--connection-persist", "1"])
         with ExitStack() as stack:
