@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
-from remote_agent.attach import runtime_dir  # the per-user 0700 directory, on this side too
+from remote_agent.paths import runtime_dir  # the per-user 0700 directory, on this side too
 
-__all__ = ["AgentBundle", "agent_bundle", "remote_command", "remote_python_command", "BootReply", "BootReader",
+__all__ = ["boot_error", "AgentBundle", "agent_bundle", "remote_command", "remote_python_command", "BootReply", "BootReader",
            "BOOT_MARK", "CACHE_ONLY", "NO_AGENT"]
 
 BOOT_MARK = b"\nPXKBOOT "
@@ -205,3 +205,22 @@ class BootReader:
         rest = self._buffer[end + 1:]
         self._buffer = b""
         return BootReply(words[0] if words else "", tuple(words[1:])), rest
+
+
+def boot_error(reply: BootReply, host: str, python: str) -> str:
+    """The sentence for a bootstrap's ``ERR`` line; called by the proxy's start and by ``probe``."""
+    words = reply.words
+    what = words[0] if words else ""
+    exe = words[-1] if len(words) > 1 else python
+    if what == "no-python":
+        return ("the remote Python %r does not exist on %s: pass --python the path of an interpreter "
+                "(or environment prefix) that has ipykernel" % (python, host))
+    if what == "missing":
+        return ("the remote Python %s on %s lacks %s: install it there with '%s -m pip install "
+                "ipykernel'" % (exe, host, words[1].replace(",", ", "), exe))
+    if what == "old-python":
+        return ("the remote Python %s on %s is version %s; proxykernel needs Python 3.8 or newer "
+                "there" % (exe, host, words[1]))
+    if what == "corrupt-agent":
+        return "the agent sent to %s arrived damaged; check that the connection is 8-bit clean" % host
+    return "the remote bootstrap on %s failed: %s" % (host, " ".join(words))

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 from proxykernel.bootstrap import agent_bundle, remote_command
 from proxykernel.ssh import SSHOptions, config_args, ssh_argv
-from remote_agent.attach import runtime_dir  # the same 0700 per-user directory, on this side
+from remote_agent.paths import runtime_dir  # the same 0700 per-user directory, on this side
 
 __all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "ssh_command",
            "control_path", "agent_memo_path", "stop_master_command"]

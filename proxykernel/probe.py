@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from proxykernel.bootstrap import (CACHE_ONLY, AgentBundle, BootReader, BootReply, agent_bundle,
+from proxykernel.bootstrap import (CACHE_ONLY, AgentBundle, BootReader, BootReply, agent_bundle, boot_error,
                                    remote_command, remote_python_command)
-from proxykernel.proxy import ProxyConfig, boot_error
 from proxykernel.ssh import SSHOptions, explain_ssh_failure, ssh_argv
 
 __all__ = ["Target", "RemoteResult", "Runner", "ProbeFailed", "Step", "ssh_runner", "probe_command",
@@ -128,8 +127,7 @@ def _failure(target: Target, reply: Optional[BootReply], code: Optional[int], st
     """The proxy's own sentence for what went wrong before a script could answer."""
     if reply is None:  # ssh, or sudo, ended before any script spoke
         return ProbeFailed(explain_ssh_failure(target.host, stderr.splitlines(), code))
-    return ProbeFailed(boot_error(reply, ProxyConfig(host=target.host, python=target.python,
-                                                      connection_file="")))
+    return ProbeFailed(boot_error(reply, target.host, target.python))
 
 
 def read_probe(target: Target, reply: Optional[BootReply], code: Optional[int], stderr: str) -> Any:

@@ -17,15 +17,22 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from proxykernel.bootstrap import NO_AGENT, AgentBundle, BootReader, BootReply, agent_bundle
-from proxykernel.config import (ConnectionFileError, ProxyConfig, agent_memo_path, kernel_id,
-                                load_connection_file, ssh_command, stop_master_command)
+from proxykernel.bootstrap import NO_AGENT, AgentBundle, BootReader, BootReply, agent_bundle, boot_error
+from proxykernel.config import (
+    ConnectionFileError,
+    ProxyConfig,
+    agent_memo_path,
+    kernel_id,
+    load_connection_file,
+    ssh_command,
+    stop_master_command,
+)
 from proxykernel.frontend import Frontend
 from proxykernel.ssh import explain_ssh_failure
 from proxykernel.transport import SSHTransport
 from remote_agent import wire
 
-__all__ = ["ProxyConfig", "Proxy", "boot_error", "kernel_id"]
+__all__ = ["ProxyConfig", "Proxy", "kernel_id"]
 
 log = logging.getLogger("proxykernel")
 
@@ -39,25 +46,6 @@ def _drop_notice(frames: int, nbytes: int, cap: int) -> str:
     return ("[proxykernel] %d output messages (%.1f MB) produced while the connection was down were "
             "dropped: they overflowed the %d MB replay buffer (--buffer-size)\n"
             % (frames, nbytes / 1e6, cap // (1024 * 1024)))
-
-
-def boot_error(reply: BootReply, config: ProxyConfig) -> str:
-    """The sentence for a bootstrap's ``ERR`` line."""
-    words = reply.words
-    what = words[0] if words else ""
-    exe = words[-1] if len(words) > 1 else config.python
-    if what == "no-python":
-        return ("the remote Python %r does not exist on %s: pass --python the path of an interpreter "
-                "(or environment prefix) that has ipykernel" % (config.python, config.host))
-    if what == "missing":
-        return ("the remote Python %s on %s lacks %s: install it there with '%s -m pip install "
-                "ipykernel'" % (exe, config.host, words[1].replace(",", ", "), exe))
-    if what == "old-python":
-        return ("the remote Python %s on %s is version %s; proxykernel needs Python 3.8 or newer "
-                "there" % (exe, config.host, words[1]))
-    if what == "corrupt-agent":
-        return "the agent sent to %s arrived damaged; check that the connection is 8-bit clean" % config.host
-    return "the remote bootstrap on %s failed: %s" % (config.host, " ".join(words))
 
 
 class Proxy:
@@ -286,7 +274,7 @@ class Proxy:
             self.connect()
             return False
         if reply.status not in ("HAVE", "GOT"):
-            self.fail(boot_error(reply, self.config))
+            self.fail(boot_error(reply, self.config.host, self.config.python))
             return False
         if reply.status == "GOT":
             log.info("agent sent (%d kB)", len(self.bundle.data) // 1024)

@@ -37,7 +37,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from remote_agent import wire
-from remote_agent.attach import HANDOFF, TAKEN, connect, options, runtime_dir, socket_path
+from remote_agent.attach import HANDOFF, TAKEN, connect, options
+from remote_agent.paths import runtime_dir, socket_path
 
 __all__ = ["daemon_main", "Agent"]
 

@@ -13,14 +13,14 @@ import argparse
 import array
 import os
 import socket
-import stat
 import sys
-import tempfile
 import threading
 import time
 from typing import List, Optional, Tuple
 
-__all__ = ["main", "connect", "options", "runtime_dir", "socket_path", "HANDOFF", "TAKEN"]
+from remote_agent.paths import socket_path
+
+__all__ = ["main", "connect", "options", "HANDOFF", "TAKEN"]
 
 DAEMON_START = 10.0  # how long we wait for a new daemon's socket
 READ_SIZE = 1 << 20
@@ -40,28 +40,6 @@ def options(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--dead", type=float, default=5.0)
     parser.add_argument("--buffer", type=int, default=256 * 1024 * 1024)
     return parser.parse_args(argv)
-
-
-def runtime_dir() -> str:
-    """The per-user 0700 directory for daemon sockets and logs; refuses one someone else controls."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or ""
-    if base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60:
-        path = os.path.join(base, "proxykernel")
-    else:
-        path = os.path.join(tempfile.gettempdir(), "proxykernel-%d" % os.getuid())
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise SystemExit("proxykernel-agent: %s is not a private directory of this user (mode %o); "
-                         "remove it and try again" % (path, stat.S_IMODE(info.st_mode)))
-    return path
-
-
-def socket_path(kernel_id: str) -> str:
-    return os.path.join(runtime_dir(), kernel_id + ".sock")
 
 
 def _take_stdio() -> Tuple[int, int]:

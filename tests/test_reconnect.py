@@ -22,7 +22,7 @@ from jupyter_client import BlockingKernelClient, KernelManager
 
 from proxykernel.proxy import kernel_id
 from proxykernel.sshd import descendants, read_stat, stream_peer_pid
-from remote_agent.attach import runtime_dir
+from remote_agent.paths import runtime_dir
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel, shell_reply
 
 FAST = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"]

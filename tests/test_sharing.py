@@ -14,11 +14,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, List
 
-from proxykernel.bootstrap import CACHE_ONLY, NO_AGENT, _BOOTSTRAP, agent_bundle
+from proxykernel.bootstrap import _BOOTSTRAP, CACHE_ONLY, NO_AGENT, agent_bundle
 from proxykernel.cli import build_parser
 from proxykernel.config import ProxyConfig, agent_memo_path, control_path
-from proxykernel.sshd import SSHServer
 from proxykernel.ssh import SSHOptions
+from proxykernel.sshd import SSHServer
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel
 
 MASTER_GONE = 15.0  # seconds: --connection-persist 1, plus ssh's own check interval and slack
@@ -153,7 +153,7 @@ def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> N
     second = agent_bundle.__wrapped__(str(source))
     assert second.sha256 != first.sha256 and second.data == _zip_package(str(source), names)
     # Making one forgets those made over a day ago.
-    from remote_agent.attach import runtime_dir
+    from remote_agent.paths import runtime_dir
     old = Path(runtime_dir()) / "bundle-0000000000000000.zip"
     old.write_bytes(b"old")
     os.utime(str(old), (time.time() - 2 * 86400,) * 2)
@@ -164,8 +164,7 @@ def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> N
 
 
 def test_a_hung_shared_connection_is_replaced_and_every_kernel_on_it_recovers(tmp_path: Path) -> None:
-    from proxykernel.sshd import read_stat
-    from proxykernel.sshd import stream_peer_pid
+    from proxykernel.sshd import read_stat, stream_peer_pid
     from tests.test_reconnect import FAST, PRINT_EVERY_20MS, collect_lines, remote_pid
     with SSHServer() as sshd:
         argv = proxy_argv(sshd, extra=FAST + ["--connection-persist", "1"])
