@@ -213,10 +213,10 @@ class Proxy:
         now = time.monotonic()
         if self.heartbeat is not None:
             action = self.heartbeat.poll(now)
-            if action == "ping":
+            if action is wire.Beat.PING:
                 self.conn.send_ping(time.time())
                 self.schedule_flush()
-            elif action == "dead":
+            elif action is wire.Beat.DEAD:
                 self.link_lost("no reply for %.1f s" % self.heartbeat.timeout, dead=True)
         elif self.ready and self.ssh is not None and now - self.link_started > self.config.timeout:
             self.link_lost("ssh did not connect within %.0f s" % self.config.timeout, dead=True)
@@ -255,8 +255,6 @@ class Proxy:
         except wire.ProtocolError as error:
             self.fail(str(error))
             return
-        if self.conn.ack_due:
-            self.conn.send_ack()
         self.schedule_flush()
 
     def booted(self, reply: BootReply) -> bool:
@@ -309,8 +307,6 @@ class Proxy:
             log.info("kernel ready in %.2f s: ipykernel %s, Python %s on %s (pid %s)",
                      time.monotonic() - self.started_at, info.get("ipykernel"), info.get("python"),
                      info.get("hostname"), info.get("pid"))
-        elif isinstance(event, wire.Ping):
-            self.conn.send_pong(event.timestamp)
         elif isinstance(event, wire.Pong) and self.heartbeat is not None:
             self.heartbeat.pong(event.timestamp, time.time())
         elif isinstance(event, wire.LogLine):

@@ -426,9 +426,9 @@ class Agent:
             self.hear_kernel()
         if self.heartbeat is not None:
             action = self.heartbeat.poll(now)
-            if action == "ping":
+            if action is wire.Beat.PING:
                 self.conn.send_ping(time.time())
-            elif action == "dead":
+            elif action is wire.Beat.DEAD:
                 self.detach("no traffic from the proxy for %.1f s" % self.heartbeat.timeout)
         if self.link is None:
             idle = now - self.detached_since
@@ -532,8 +532,6 @@ class Agent:
         except wire.ProtocolError as error:
             self.reject(error)
             return
-        if self.conn.ack_due:
-            self.conn.send_ack()
 
     def reject(self, error: wire.ProtocolError) -> None:
         """The link broke the protocol: tell the proxy why, then drop the link."""
@@ -550,8 +548,6 @@ class Agent:
             self.hello(event)
         elif isinstance(event, wire.Start):
             self.start(event.config)
-        elif isinstance(event, wire.Ping):
-            self.conn.send_pong(event.timestamp)
         elif isinstance(event, wire.Pong) and self.heartbeat is not None:
             self.heartbeat.pong(event.timestamp, time.time())
         elif isinstance(event, wire.Interrupt):

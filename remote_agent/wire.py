@@ -17,6 +17,7 @@ Runs on Python >= 3.8 (the remote side): no newer syntax, stdlib only.
 """
 from __future__ import annotations
 
+import enum
 import json
 import struct
 from collections import deque
@@ -27,7 +28,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAGIC", "MAX_FRAME", "MAX_NOISE", "CHANNELS",
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "VersionMismatch",
     "Hello", "ChannelData", "Ack", "Ping", "Pong", "Start", "Ready", "Interrupt", "Shutdown",
-    "KernelExited", "ErrorReport", "LogLine", "Skipped", "Noise", "Event", "Connection", "Heartbeat",
+    "KernelExited", "ErrorReport", "LogLine", "Skipped", "Noise", "Event", "Connection", "Beat", "Heartbeat",
     "message_part", "is_welcome", "restart_requested", "Buffer",
 ]
 
@@ -376,13 +377,12 @@ class Connection:
             else:
                 self._drops.append([seq, seq, size])
 
-    @property
-    def ack_due(self) -> bool:
+    def _ack_due(self) -> bool:
         """True once enough data arrived that the peer should be allowed to free its copy."""
         return (self.received_seq - self.acked_received >= ACK_EVERY_FRAMES
                 or self._bytes_since_ack >= ACK_EVERY_BYTES)
 
-    def send_ack(self) -> None:
+    def _send_ack(self) -> None:
         self.acked_received = self.received_seq
         self._bytes_since_ack = 0
         self._out.append(self._frame(_ACK, _U64.pack(self.received_seq)))
@@ -390,7 +390,7 @@ class Connection:
     def send_ping(self, now: float) -> None:
         self._out.append(self._frame(_PING, _F64.pack(now)))
 
-    def send_pong(self, timestamp: float) -> None:
+    def _send_pong(self, timestamp: float) -> None:
         self._out.append(self._frame(_PONG, _F64.pack(timestamp)))
 
     def send_start(self, config: Dict[str, Any]) -> None:
@@ -506,7 +506,13 @@ class Connection:
             if self.buffered_bytes < 4 + length:
                 break
             frame = self._take(4 + length)
-            events.append(self._parse(kind, frame[_HEADER.size:]))
+            event = self._parse(kind, frame[_HEADER.size:])
+            if isinstance(event, Ping):
+                self._send_pong(event.timestamp)  # answered here, so neither end dispatches it
+            else:
+                events.append(event)
+        if self._ack_due():
+            self._send_ack()  # lets the peer free its replay copies; no owner needs to ask
         return events
 
     def read_buffer(self) -> memoryview:
@@ -657,6 +663,12 @@ class Connection:
         return event
 
 
+class Beat(enum.Enum):
+    """What ``Heartbeat.poll`` asks of the link's owner."""
+    PING = "ping"  # send a ping now
+    DEAD = "dead"  # nothing heard for ``timeout``: the link is dead
+
+
 class Heartbeat:
     """When to ping, and when a silent link is dead. Time is a parameter: ``poll(now)``.
 
@@ -677,13 +689,13 @@ class Heartbeat:
     def pong(self, timestamp: float, now: float) -> None:
         self.rtt = now - timestamp
 
-    def poll(self, now: float) -> Optional[str]:
-        """``"dead"``, ``"ping"`` (send one now) or None."""
+    def poll(self, now: float) -> Optional[Beat]:
+        """What the link's owner must do now, if anything (called on its timer tick)."""
         if now - self.last_heard > self.timeout:
-            return "dead"
+            return Beat.DEAD
         if now - self.last_ping >= self.interval:
             self.last_ping = now
-            return "ping"
+            return Beat.PING
         return None
 
 

@@ -94,8 +94,9 @@ def send_everything(sender: wire.Connection, big: bool) -> List[wire.Event]:
     expected: List[wire.Event] = [wire.Hello(wire.PROTOCOL_VERSION, "proxy", "s-1", ("resume",), 0)]
     for channel, parts in data_cases(big):
         expected.append(wire.ChannelData(channel, sender.send_data(channel, parts), parts))
-    controls = [("send_ack", (), wire.Ack(0)), ("send_ping", (12.5,), wire.Ping(12.5)),
-                ("send_pong", (-0.25,), wire.Pong(-0.25)), ("send_start", (CONFIG,), wire.Start(CONFIG)),
+    # (A ping is no event: the receiving Connection answers it itself.)
+    controls = [("_send_ack", (), wire.Ack(0)), ("send_ping", (12.5,), None),
+                ("_send_pong", (-0.25,), wire.Pong(-0.25)), ("send_start", (CONFIG,), wire.Start(CONFIG)),
                 ("send_ready", ({"pid": 4242},), wire.Ready({"pid": 4242})),
                 ("send_interrupt", (), wire.Interrupt()), ("send_shutdown", (), wire.Shutdown()),
                 ("send_kernel_exited", (-9,), wire.KernelExited(-9)),
@@ -103,7 +104,8 @@ def send_everything(sender: wire.Connection, big: bool) -> List[wire.Event]:
                 ("send_error", (SENTENCE,), wire.ErrorReport(SENTENCE))]
     for method, args, event in controls:
         getattr(sender, method)(*args)
-        expected.append(event)
+        if event is not None:
+            expected.append(event)
     return expected
 
 
@@ -331,7 +333,7 @@ def test_unacked_holds_data_until_an_ack_covers_it() -> None:
     assert seqs(proxy) == [1, 2, 3] and proxy.unacked_bytes == sum(map(len, frames))
     for upto, left in [(2, [3]), (2, [3]), (3, [])]:  # the repeated ack must change nothing
         agent.receive_data(b"".join(frames[agent.received_seq:upto]))
-        agent.send_ack()
+        agent._send_ack()
         assert proxy.receive_data(agent.data_to_send()) == [wire.Ack(upto)]
         assert seqs(proxy) == left and [joined(p) for _, _, p in proxy.unacked] == frames[upto:]
     assert proxy.unacked_bytes == 0
@@ -407,11 +409,11 @@ def test_resume_refuses_a_peer_ahead_of_us() -> None:
 def test_heartbeat_pings_then_declares_a_silent_link_dead() -> None:
     beat = wire.Heartbeat(interval=1.0, timeout=5.0, now=100.0)
     assert beat.poll(100.5) is None
-    assert beat.poll(101.0) == "ping"
+    assert beat.poll(101.0) is wire.Beat.PING
     assert beat.poll(101.5) is None
     beat.heard(104.0)
-    assert beat.poll(108.9) == "ping"
-    assert beat.poll(109.1) == "dead"
+    assert beat.poll(108.9) is wire.Beat.PING
+    assert beat.poll(109.1) is wire.Beat.DEAD
     beat.pong(108.9, now=109.0)
     assert beat.rtt == pytest.approx(0.1)
 
@@ -498,3 +500,20 @@ def test_a_stalled_link_takes_frames_lazily_and_skips_those_dropped_meanwhile() 
     events = decode([hello_bytes("agent"), b"".join(first)], wire.Connection("proxy"))[1:]
     assert [type(e) for e in events] == [wire.Skipped, wire.ChannelData]
     assert events[1].seq == seqs(sender)[0] and sender.pending
+
+
+def test_the_connection_answers_pings_and_acks_by_itself() -> None:
+    """Neither end dispatches pings or decides when to ack: the Connection does both."""
+    proxy, agent = wire.Connection("proxy"), wire.Connection("agent")
+    for conn in (proxy, agent):
+        conn.send_hello()
+        conn.resume(0)
+    agent.receive_data(proxy.data_to_send())
+    proxy.receive_data(agent.data_to_send())
+    proxy.send_ping(7.25)
+    assert agent.receive_data(proxy.data_to_send()) == []  # no Ping event to dispatch...
+    assert proxy.receive_data(agent.data_to_send()) == [wire.Pong(7.25)]  # ...yet the pong came back
+    frames = b"".join(sent_frames(proxy, wire.ACK_EVERY_FRAMES))
+    agent.receive_data(frames)
+    assert proxy.receive_data(agent.data_to_send()) == [wire.Ack(wire.ACK_EVERY_FRAMES)]
+    assert proxy.unacked_bytes == 0
