@@ -6,6 +6,7 @@ only message this module makes itself is IOPub's ``iopub_welcome``, signed with 
 """
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import hmac
@@ -15,12 +16,11 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import zmq
-from zmq.eventloop.zmqstream import ZMQStream
 
 from proxykernel.config import ConnectionFileError, load_connection_file
 from remote_agent.wire import Buffer
 
-__all__ = ["Frontend", "load_connection_file", "ConnectionFileError"]
+__all__ = ["Frontend", "SocketReader", "load_connection_file", "ConnectionFileError"]
 
 log = logging.getLogger("proxykernel")
 
@@ -50,17 +50,73 @@ class MessageSigner:
 MessageHandler = Callable[[str, List[bytes]], None]
 
 
+class SocketReader:
+    """Reads one ZMQ socket from the asyncio loop, and is the only way the proxy sends on it.
+
+    Made by ``Frontend`` for each of its sockets. libzmq's ``ZMQ_FD`` is edge-triggered, and any
+    operation on the socket (a send too) processes its pending commands: a message that arrived while
+    the loop was busy is then announced by no further edge. So every drain reads until ``ZMQ_EVENTS``
+    shows no input, and every send re-checks it and drains on the next iteration if input is waiting
+    (issue 9: a request could sit unread for a minute after two quick replies on the same socket).
+    """
+
+    BATCH = 64  # messages per drain before yielding to the loop, so one busy socket starves no other
+
+    def __init__(self, sock: zmq.Socket[Any], on_recv: Callable[[List[bytes]], None],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.socket = sock
+        self.on_recv = on_recv
+        self.loop = loop
+        self._scheduled = False
+        loop.add_reader(sock.FD, self.drain)
+        self._schedule()  # anything that came before the reader existed
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._drain_soon)
+
+    def _drain_soon(self) -> None:
+        self._scheduled = False
+        self.drain()
+
+    def drain(self) -> None:
+        """Called by the loop when the socket's fd fires, and after our own sends saw input waiting."""
+        sock = self.socket
+        for _ in range(self.BATCH):
+            if sock.closed or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_recv(frames)
+        self._schedule()  # more may be waiting, and no edge will say so
+
+    def send(self, frames: Sequence[Buffer]) -> None:
+        """Send one whole message now (no queue: a ROUTER or XPUB send never blocks)."""
+        self.socket.send_multipart(frames, copy=False)
+        if int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._schedule()  # the send took the wake-up of a message that is waiting
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.socket.FD)
+        self.socket.close(linger=1000)
+
+
 class Frontend:
     """Binds shell/control/stdin (ROUTER), iopub (XPUB) and hb (ROUTER echo) on Jupyter's ports."""
 
     def __init__(self, info: Dict[str, object], on_message: MessageHandler,
-                 context: zmq.Context) -> None:
+                 context: zmq.Context[Any]) -> None:
+        """Called by ``Proxy.run`` from within the running loop, once the connection file is read."""
         self.info = info
         self.on_message = on_message
         self.answer_heartbeat = True
         self.signer = MessageSigner(str(info["key"]).encode(),
                                     str(info.get("signature_scheme", "hmac-sha256")))
-        self.streams: Dict[str, ZMQStream] = {}
+        loop = asyncio.get_running_loop()
+        self.readers: Dict[str, SocketReader] = {}
         for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
                               ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB), ("hb", zmq.ROUTER)):
             sock = context.socket(kind)
@@ -69,9 +125,7 @@ class Frontend:
                 sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, to welcome each
                 sock.sndhwm = 0  # a slow frontend gets its output late, never lossy
             sock.bind(self._url(channel))
-            stream = ZMQStream(sock)
-            stream.on_recv(self._handler(channel), copy=True)
-            self.streams[channel] = stream
+            self.readers[channel] = SocketReader(sock, self._handler(channel), loop)
 
     def _url(self, channel: str) -> str:
         port = self.info["%s_port" % channel]
@@ -93,7 +147,7 @@ class Frontend:
         # Answered here, not by the remote kernel: a slow or briefly broken link must not look like
         # a dead kernel. The proxy clears answer_heartbeat once the remote kernel has really died.
         if self.answer_heartbeat:
-            self.streams["hb"].send_multipart(frames)
+            self.readers["hb"].send(frames)
 
     def _on_subscription(self, frames: List[bytes]) -> None:
         for frame in frames:
@@ -103,7 +157,7 @@ class Frontend:
     def _welcome(self, topic: bytes) -> None:
         """What ipykernel's XPUB does: ``jupyter_client`` waits for IOPub traffic when it connects."""
         frames = self.signer.message("iopub_welcome", {"subscription": topic.decode("utf-8", "replace")})
-        self.streams["iopub"].send_multipart(([topic] if topic else []) + frames)
+        self.readers["iopub"].send(([topic] if topic else []) + frames)
 
     def publish_stream(self, text: str, before: Sequence[Buffer]) -> None:
         """Show ``text`` on stderr in the cell that the IOPub message ``before`` belongs to."""
@@ -112,14 +166,14 @@ class Frontend:
         except (ValueError, IndexError):
             parent = {}
         frames = self.signer.message("stream", {"name": "stderr", "text": text}, parent)
-        self.streams["iopub"].socket.send_multipart([b"stream"] + frames)
+        self.readers["iopub"].send([b"stream"] + frames)
 
     def send(self, channel: str, frames: Sequence[Buffer]) -> None:
         """Deliver a kernel message: on routed channels ``frames[0]`` is the frontend's identity."""
-        stream = self.streams.get(channel)
-        if stream is not None and channel != "hb":
-            stream.socket.send_multipart(frames, copy=False)
+        reader = self.readers.get(channel)
+        if reader is not None and channel != "hb":
+            reader.send(frames)
 
     def close(self) -> None:
-        for stream in self.streams.values():
-            stream.close(linger=1000)
+        for reader in self.readers.values():
+            reader.close()
