@@ -69,6 +69,7 @@ class Agent:
         self.send_logs()
 
     def send_logs(self) -> None:
+        """Send the log lines kept while no proxy was linked (on each hello, and after each new line)."""
         if self.conn.linked:
             while self.logs:
                 self.conn.send_log("proxykernel-agent: " + self.logs.popleft())
@@ -165,6 +166,7 @@ class Agent:
             self.exit_code = 0
 
     def hello(self, hello: wire.Hello) -> None:
+        """The proxy's hello on a new link: answer, resume the replay, and report an exit it missed."""
         resumed = self.conn.resumed  # the decoder has already reset a new session's state
         self.conn.send_hello(capabilities=["resumed"] if resumed else [])
         self.conn.resume(hello.received)
@@ -208,11 +210,13 @@ class Agent:
         self.send_logs()
 
     def stop_kernel(self) -> None:
+        """On a Shutdown, a Start for another kernel, and when the daemon exits."""
         if self.kernel.process is not None:
             self.kernel.stop()
             self.forget_kernel()
 
     def forget_kernel(self) -> None:
+        """The kernel is done with (exited, stopped, retired): stop polling it and routing to it."""
         fd = self.kernel.stderr_fd
         if fd is not None:
             self.poller.register(fd, 0)  # 0 unregisters, if registered
@@ -233,6 +237,7 @@ class Agent:
             self.exit_code = code  # reported; nobody will ask for this kernel again
 
     def report_exit(self) -> None:
+        """Tell a linked proxy the kernel's exit code, once; unlinked, it waits for the next hello."""
         if self.kernel.exited_code is not None and self.conn.linked:
             self.conn.send_kernel_exited(self.kernel.exited_code)
             self.stream.flush_blocking(REPORT_WAIT)

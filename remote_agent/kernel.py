@@ -211,6 +211,7 @@ class Kernel:
         return ["kernel: " + line.decode("utf-8", "replace") for line in lines]
 
     def interrupt(self) -> None:
+        """SIGINT to a running kernel (the proxy's Interrupt frame)."""
         if self.running:
             assert self.process is not None
             os.kill(self.process.pid, signal.SIGINT)

@@ -87,6 +87,7 @@ class Router:
         self.iopub = None
 
     def term(self) -> None:
+        """End the ZMQ context, after ``close``, when the daemon exits."""
         self.context.term()
 
     def check_welcome(self, now: float) -> None:

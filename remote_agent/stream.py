@@ -171,6 +171,7 @@ class Stream:
                     else "the ssh session's attach process sent %r" % data[:16])
 
     def read_link(self) -> None:
+        """The link is readable: decode what came and pass the events on; its end lets it go."""
         assert self.link is not None and self.heartbeat is not None
         try:
             # Into the stream's own buffers: a large message (a big cell, a widget's data) is
