@@ -29,6 +29,7 @@ print(json.dumps(sorted(added - set(sys.stdlib_module_names))))
     ("remote_agent.link", {"remote_agent"}),
     ("remote_agent.kernel", {"remote_agent"}),
     ("remote_agent.wire", {"remote_agent"}),
+    ("remote_agent.stream", {"remote_agent", "zmq"}),
     ("remote_agent.routing", {"remote_agent", "zmq"}),
     ("remote_agent.agent", {"remote_agent", "zmq"}),
 ])
