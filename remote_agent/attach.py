@@ -5,41 +5,25 @@ socket in a 0700 per-user directory, forks one if there is none, and hands ssh's
 (SCM_RIGHTS), so the stream's bytes go between sshd and the daemon with no process in between.
 It then waits on the socket until the daemon lets the stream go. When ssh dies only this process
 goes; the daemon and the kernel stay.
-Stdlib only, and small: it runs on every (re)connection, so it must start fast.
+Stdlib only, and small: it runs on every (re)connection, so it must start fast. What it shares with
+the daemon (the arguments, the socket's words) is in ``handoff``; it reaches the daemon's code only
+in the child it forks (``daemon.daemon_main``).
 """
 from __future__ import annotations
 
-import argparse
 import array
 import os
 import socket
 import sys
-import threading
 import time
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
+from remote_agent.handoff import HANDOFF, TAKEN, connect, log, options
 from remote_agent.paths import socket_path
 
-__all__ = ["main", "connect", "options", "HANDOFF", "TAKEN"]
+__all__ = ["main"]
 
 DAEMON_START = 10.0  # how long we wait for a new daemon's socket
-READ_SIZE = 1 << 20
-# Sent with ssh's two fds (SCM_RIGHTS ancillary data) to the daemon, which answers TAKEN. Neither can
-# be taken for the start of a stream: the proxy's starts with the MAGIC's 0x89 or noise, the
-# agent's with MAGIC or a frame's length, whose first byte is 0 for any frame under 16 MiB.
-HANDOFF = b"PXK-FDS\n"
-TAKEN = b"\x06"
-
-
-def options(argv: List[str]) -> argparse.Namespace:
-    """The agent's arguments, as the proxy writes them (``proxy.Proxy.run``)."""
-    parser = argparse.ArgumentParser(prog="remote_agent")
-    parser.add_argument("--id", required=True, help="the kernel's id: names its socket")
-    parser.add_argument("--linger", type=float, default=3600.0)
-    parser.add_argument("--ping", type=float, default=1.0)
-    parser.add_argument("--dead", type=float, default=5.0)
-    parser.add_argument("--buffer", type=int, default=256 * 1024 * 1024)
-    return parser.parse_args(argv)
 
 
 def _take_stdio() -> Tuple[int, int]:
@@ -75,15 +59,14 @@ def _lend_stream(sock: socket.socket, stream_in: int, stream_out: int) -> None:
     try:
         sock.sendmsg([HANDOFF], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                   array.array("i", [stream_in, stream_out]).tobytes())])
-        reply = sock.recv(READ_SIZE)
+        reply = sock.recv(64)
     except OSError:
         os._exit(0)
     if not reply:
         os._exit(0)
     if reply != TAKEN:
-        # A daemon of an older agent (running since before an upgrade) reads the stream from its
-        # socket: it dropped the fds unread, and what it said is the start of its stream.
-        _pump(stream_in, stream_out, sock, reply)
+        log("the daemon answered %r instead of taking the ssh stream" % reply[:16])
+        os._exit(1)
     os.close(stream_in)  # the daemon has its own copies: ours would only keep the pipes open
     os.close(stream_out)
     # Wait for the socket's end as cat, not as Python: 1 MB instead of 10 for each session.
@@ -98,16 +81,6 @@ def _lend_stream(sock: socket.socket, stream_in: int, stream_out: int) -> None:
     except OSError:
         pass
     os._exit(0)
-
-
-def connect(path: str) -> Optional[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        return None
-    return sock
 
 
 def _start_daemon(path: str, argv: List[str], stream_fds: Tuple[int, int]) -> socket.socket:
@@ -125,7 +98,7 @@ def _start_daemon(path: str, argv: List[str], stream_fds: Tuple[int, int]) -> so
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(log_fd, 2)
             os.close(log_fd)
-            from remote_agent.agent import daemon_main
+            from remote_agent.daemon import daemon_main  # only here: attach itself stays small
             daemon_main(argv)
             code = 0
         except SystemExit as stop:
@@ -151,33 +124,3 @@ def _start_daemon(path: str, argv: List[str], stream_fds: Tuple[int, int]) -> so
     except OSError:
         pass
     raise SystemExit("proxykernel-agent: the agent daemon did not start within %.0f s" % DAEMON_START)
-
-
-def _pump(stream_in: int, stream_out: int, sock: socket.socket, first: bytes) -> None:
-    """For an older daemon only: copy bytes both ways (``first`` came from the daemon already)
-    until either side ends; then this process (only) exits."""
-    def upstream() -> None:
-        try:
-            while True:
-                data = os.read(stream_in, READ_SIZE)
-                if not data:
-                    break
-                sock.sendall(data)
-        except OSError:
-            pass
-        try:
-            sock.shutdown(socket.SHUT_WR)  # the daemon sees the stream end and waits for another
-        except OSError:
-            pass
-
-    threading.Thread(target=upstream, daemon=True).start()
-    data = first
-    try:
-        while data:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(stream_out, view):]
-            data = sock.recv(READ_SIZE)
-    except OSError:
-        pass
-    os._exit(0)

@@ -6,8 +6,7 @@ the stream with ``wire.Connection``.
   Start frame.
 - attach hands ssh's fds to the daemon and keeps none; the daemon reads and writes them itself.
   Whenever the daemon lets a stream go (EOF, a dead heartbeat, a newer link) that stream's attach
-  process exits, so its ssh session ends. An older daemon that reads the stream from its socket
-  still works: attach pumps for it.
+  process exits, so its ssh session ends.
 
 And through the real test sshd: the same fd ownership, and an attach process that ends with its link.
 """
@@ -30,7 +29,6 @@ import pytest
 from jupyter_client.session import Session
 
 from remote_agent import wire
-from remote_agent.attach import HANDOFF
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 30.0  # seconds any one wait in these tests may take
@@ -192,9 +190,9 @@ def shut_down(session: Remote, conn: wire.Connection, info: Dict[str, Any]) -> N
     session.close()
 
 
-def test_agent_module_does_not_import_zmq() -> None:
-    """A new daemon imports remote_agent.agent before it launches the kernel: zmq must wait."""
-    out = subprocess.run([sys.executable, "-c", "import sys, remote_agent.agent; print('zmq' in sys.modules)"],
+def test_daemon_module_does_not_import_zmq() -> None:
+    """A new daemon imports remote_agent.daemon before it launches the kernel: zmq must wait."""
+    out = subprocess.run([sys.executable, "-c", "import sys, remote_agent.daemon; print('zmq' in sys.modules)"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -278,48 +276,6 @@ def test_dead_heartbeat_ends_attach(remote: Dict[str, Any]) -> None:
     assert time.monotonic() - started < 1 + 2
     second = reattach(remote, conn, session.kernel_id)
     shut_down(second, conn, info)
-
-
-def read_exactly(fd: int, count: int) -> bytes:
-    data = b""
-    deadline = time.monotonic() + DEADLINE
-    while len(data) < count and time.monotonic() < deadline:
-        if select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            chunk = os.read(fd, count - len(data))
-            if not chunk:
-                break
-            data += chunk
-    return data
-
-
-def test_attach_pumps_for_an_older_daemon(remote: Dict[str, Any]) -> None:
-    """A daemon started by an older agent (before an upgrade) reads the stream from its socket and
-    drops the fds unread; attach then copies the bytes itself, as it used to."""
-    kernel_id = "t" + uuid.uuid4().hex[:12]
-    directory = os.path.join(remote["runtime"], "rt", "proxykernel")
-    os.mkdir(directory, 0o700)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(os.path.join(directory, kernel_id + ".sock"))
-        listener.listen(1)
-        listener.settimeout(DEADLINE)
-        session = attach(remote, kernel_id)
-        daemon, _ = listener.accept()
-        with daemon:
-            daemon.settimeout(DEADLINE)
-            assert daemon.recv(len(HANDOFF)) == HANDOFF  # a plain recv: the fds are dropped
-            daemon.sendall(b"\0\0\0\x09 a ping")  # an older daemon's first words: a ping frame
-            assert read_exactly(session.read_fd, 11) == b"\0\0\0\x09 a ping"
-            session.write(b"hello from the proxy")
-            got = b""
-            while len(got) < 20:
-                chunk = daemon.recv(20 - len(got))
-                assert chunk
-                got += chunk
-            assert got == b"hello from the proxy"
-        session.process.wait(DEADLINE)  # the daemon closed the socket: attach is done
-    finally:
-        listener.close()
 
 
 def test_through_sshd_the_daemon_has_the_pipes_and_attach_ends_with_its_link(sshd: Any, tmp_path: Path) -> None:

@@ -22,6 +22,15 @@ print(json.dumps(sorted(added - set(sys.stdlib_module_names))))
 
 @pytest.mark.parametrize("module, allowed", [
     ("remote_agent.attach", {"remote_agent"}),  # runs on every reconnect: stdlib only
+    ("remote_agent.handoff", {"remote_agent"}),  # attach's, too
+    ("remote_agent.paths", {"remote_agent"}),
+    # A new daemon launches the kernel before it imports zmq: its entry and what that needs first.
+    ("remote_agent.daemon", {"remote_agent"}),
+    ("remote_agent.link", {"remote_agent"}),
+    ("remote_agent.kernel", {"remote_agent"}),
+    ("remote_agent.wire", {"remote_agent"}),
+    ("remote_agent.stream", {"remote_agent", "zmq"}),
+    ("remote_agent.routing", {"remote_agent", "zmq"}),
     ("remote_agent.agent", {"remote_agent", "zmq"}),
 ])
 def test_remote_modules_import_only_stdlib_and_pyzmq(module: str, allowed: set) -> None:
