@@ -90,7 +90,7 @@ def test_find_cycle_finds_one() -> None:
 
 def test_the_graph_sees_lazy_and_package_imports() -> None:
     graph = import_graph()
-    assert "remote_agent.wire" in graph["proxykernel.proxy"]  # ``from remote_agent import wire``
+    assert "remote_agent.wire" in graph["proxykernel.link"]  # ``from remote_agent import wire``
     assert "remote_agent.paths" in graph["remote_agent.attach"]
 
 
