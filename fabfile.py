@@ -22,7 +22,7 @@ from typing import Mapping, Optional
 
 import paramiko
 from fabric import Connection, task
-from invoke import Context
+from invoke.context import Context
 from invoke.exceptions import Exit
 
 from proxykernel.probe import ProbeFailed, RemoteResult, Runner, Target, deploy, deploy_report
