@@ -244,9 +244,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     print(table(results))
-    print("\nmedians of %d; detect = SIGSTOP of sshd's process carrying the stream until the proxy starts a new ssh; relink = "
-          "that ssh's start until the first new output line; return = SIGCONT of the stopped sshd "
-          "listener and that process until the first new output line. JSON: %s" % (args.reps, args.json))
+    print("\nmedians of %d; detect = SIGSTOP of sshd's process carrying the stream until the proxy "
+          "starts a new ssh; relink = that ssh's start until the first new output line; return = SIGCONT "
+          "of the stopped sshd listener and that process until the first new output line. JSON: %s"
+          % (args.reps, args.json))
     return 0
 
 

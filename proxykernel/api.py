@@ -17,8 +17,10 @@ import sys
 import threading
 from typing import IO, Any, NamedTuple, Optional
 
-from jupyter_client import AsyncKernelClient, AsyncKernelManager, BlockingKernelClient, KernelManager
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 from proxykernel.manage import kernel_argv
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Dict, List, Optional
@@ -99,12 +100,33 @@ def _users_own_sharing(opts: SSHOptions) -> bool:
     return settings is None or settings.get("controlpath", "none") != "none"  # unknown: hands off
 
 
-def _cpu_has_aes() -> bool:
+@lru_cache(maxsize=None)
+def _cpu_has_aes(platform: str = sys.platform) -> bool:
+    """Does this machine's CPU (where ssh does its ciphers) have AES instructions? Linux says so in
+    /proc/cpuinfo; macOS, which has no /proc, through sysctl. Unknown: False (ssh's own order)."""
+    if platform == "darwin":
+        return _aes_in_sysctl(_sysctl("hw.optional.arm64", "machdep.cpu.features"))
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             return any(line.startswith(("flags", "Features")) and " aes" in line for line in cpuinfo)
     except OSError:
         return False
+
+
+def _sysctl(*names: str) -> str:
+    """``sysctl -n NAME...``: each known name's value on a line (unknown ones are left out)."""
+    try:
+        return subprocess.run(["sysctl", "-n", *names], capture_output=True, text=True, timeout=5,
+                              stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _aes_in_sysctl(output: str) -> bool:
+    """Apple silicon (``hw.optional.arm64`` is 1, under Rosetta too) always has the AES instructions;
+    an Intel Mac lists AES among ``machdep.cpu.features``."""
+    lines = output.splitlines()
+    return lines[:1] == ["1"] or "AES" in output.split()
 
 
 def _prefer_aes_gcm(opts: SSHOptions) -> bool:
@@ -130,7 +152,12 @@ def control_path(config: ProxyConfig) -> Optional[str]:
     """
     if not config.share_connection or _users_own_sharing(config.ssh):
         return None
-    return os.path.join(runtime_dir(), "cm-" + _target_digest(config))
+    return os.path.join(runtime_dir(), _control_name(config))
+
+
+def _control_name(config: ProxyConfig) -> str:
+    """Short, so the socket's path fits on macOS too (``remote_agent.paths.SOCKET_NAME_ROOM``)."""
+    return "cm-" + _target_digest(config)
 
 
 def agent_memo_path(config: ProxyConfig) -> str:

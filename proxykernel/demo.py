@@ -8,6 +8,7 @@ Called by ``proxykernel demo`` and ``scripts/demo``; needs root (sshd) and opens
 """
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import sys
@@ -15,9 +16,13 @@ import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
-__all__ = ["main", "CELLS"]
+__all__ = ["main", "CELLS", "missing_extra"]
+
+# What the ``demo`` extra brings (setup.cfg): the kernel the demo runs, on this machine's own Python
+# (its "remote" Python is this one), and what runs the notebook.
+EXTRA = ("ipykernel", "nbclient", "nbformat")
 
 CELLS = [
     "import os, socket, sys\n"
@@ -54,6 +59,18 @@ def _output_text(output: Dict[str, Any]) -> str:
         return "%s: %s" % (output["ename"], output["evalue"])
     data = output.get("data", {})
     return str(data.get("text/markdown") or data.get("text/plain", ""))
+
+
+def missing_extra() -> Optional[str]:
+    """The sentence for a missing part of the ``demo`` extra, or None; ``main`` asks before it starts
+    anything. Imported for real, not just looked up: a broken install fails here, not halfway through
+    the notebook with nbclient's traceback (the kernel is this very Python, reached over ssh)."""
+    for name in EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            return "%s: install the demo's extra with pip install 'proxykernel[demo]'" % error
+    return None
 
 
 def run_demo() -> List[str]:
@@ -102,6 +119,10 @@ def run_demo() -> List[str]:
 
 def main() -> int:
     """Entry point of ``proxykernel demo`` and ``python -m proxykernel.demo``."""
+    missing = missing_extra()
+    if missing:
+        sys.stderr.write("proxykernel demo: error: %s\n" % missing)
+        return 1
     if os.geteuid() != 0:
         sys.stderr.write("proxykernel demo: error: the demo starts its own sshd, which needs root; "
                          "run it as root (scripts/demo does)\n")
@@ -111,10 +132,6 @@ def main() -> int:
     except FileNotFoundError as error:
         sys.stderr.write("proxykernel demo: error: %s is missing: install openssh-server (scripts/demo "
                          "does)\n" % (error.filename or error))
-        return 1
-    except ImportError as error:
-        sys.stderr.write("proxykernel demo: error: %s: install the demo's extra with "
-                         "pip install 'proxykernel[demo]'\n" % error)
         return 1
     return 0
 

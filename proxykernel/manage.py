@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from jupyter_client.kernelspec import KernelSpecManager
 
@@ -112,7 +112,7 @@ def proxied_kernelspecs() -> List[ProxiedSpec]:
     found = []
     parser = build_parser()
     for name, entry in sorted(KernelSpecManager().get_all_specs().items()):
-        spec: Dict = entry.get("spec", {})
+        spec: Dict[str, Any] = entry.get("spec", {})
         argv = spec.get("argv", [])
         if argv[1:3] != ["-m", "proxykernel"]:
             continue

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Callable, List, Optional
 
@@ -19,19 +20,26 @@ from proxykernel.ssh import spawn_ssh
 
 __all__ = ["SSHTransport"]
 
-PIPE_SET_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux's F_SETPIPE_SZ (named in Python 3.10+)
+# Linux's F_SETPIPE_SZ (named in Python 3.10+). Other systems have no such call (macOS grows a
+# pipe's buffer by itself), and 1031 may mean something else there: None, not tried.
+PIPE_SET_SIZE: Optional[int] = getattr(fcntl, "F_SETPIPE_SZ", 1031) if sys.platform.startswith("linux") else None
 PIPE_SIZE = 1 << 20  # the unprivileged maximum by default (/proc/sys/fs/pipe-max-size)
 EXIT_WAIT = 2.0  # after ssh closes its stdout, how long it may take to exit before we kill it
 
 log = logging.getLogger("proxykernel")
 
 
-def _widen_pipe(fd: int) -> None:
-    """A 1 MiB pipe instead of 64 KiB: big outputs then cross in 16 times fewer wake-ups."""
+def _widen_pipe(fd: int, set_size: Optional[int] = PIPE_SET_SIZE) -> bool:
+    """A 1 MiB pipe instead of 64 KiB: big outputs then cross in 16 times fewer wake-ups. Called by
+    ``SSHTransport.start`` for ssh's stdin and stdout; False where that is not possible (not Linux,
+    ``set_size`` None), and the default size works, slower."""
+    if set_size is None:
+        return False
     try:
-        fcntl.fcntl(fd, PIPE_SET_SIZE, PIPE_SIZE)
+        fcntl.fcntl(fd, set_size, PIPE_SIZE)
     except OSError:
-        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default size works, slower
+        return False  # above /proc/sys/fs/pipe-max-size
+    return True
 
 
 class _StderrReader(asyncio.Protocol):
