@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from proxykernel import remote_bootstrap, remote_checks
 from proxykernel.remote_bootstrap import CACHE_ONLY, LENGTH_DIGITS
@@ -59,17 +59,32 @@ def remote_program(program: ModuleType) -> str:
 
     Read from the files once per process: the proxy's start calls it (through remote_command) before
     it spawns ssh, and so do ``proxykernel check``, ``deploy`` and ``discover`` (probe.py).
-    Lines that hold nothing but a comment are left out, to keep ssh's command line short.
+    Docstrings, comments and blank lines are left out: the text is on ssh's command line, and
+    compiled anew by every session. The remote modules keep triple quotes for docstrings only.
     """
-    texts = []
+    lines: List[str] = []
     for module in (remote_checks, program):
         assert module.__file__ is not None
         with open(module.__file__, encoding="utf-8") as source:
-            texts.append(source.read())
-    lines = texts[0].splitlines() + [line for line in texts[1].splitlines() if not line.startswith(_CHECKS_IMPORT)]
-    if len(lines) != len(texts[0].splitlines()) + len(texts[1].splitlines()) - 1:
+            lines += source.read().splitlines()
+    kept = [line for line in lines if not line.startswith(_CHECKS_IMPORT)]
+    if len(kept) != len(lines) - 1:
         raise RuntimeError("%s must import remote_checks in exactly one line" % program.__name__)
-    return "\n".join(line for line in lines if line.strip() and not line.lstrip().startswith("#")) + "\n"
+    return "".join(line + "\n" for line in _code_lines(kept))
+
+
+def _code_lines(lines: Sequence[str]) -> Iterator[str]:
+    """``lines`` without blank lines, comment lines and docstrings (lines from one opening triple
+    quote to the closing one); tests/test_remote_programs.py checks that the code is the same."""
+    in_docstring = False
+    for line in lines:
+        text = line.strip()
+        if in_docstring:
+            in_docstring = not text.endswith('"""')
+        elif text.startswith('"""'):
+            in_docstring = len(text) < 6 or not text.endswith('"""')
+        elif text and not text.startswith("#"):
+            yield line
 
 
 @lru_cache(maxsize=None)

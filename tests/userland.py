@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import nbformat
+import pytest
 
 # A value that would run something if any layer between us and the remote kernel forgot to quote.
 PWNED = Path("/tmp/pwned")
@@ -73,5 +74,16 @@ def repo_python(name: str) -> str:
     return str(prefix)
 
 
+def old_python(minor: str) -> str:
+    """pyenv's newest Python ``minor`` (such as 2.7), too old for proxykernel: a remote Python that
+    must get one sentence. Skips the test where pyenv has none (setup-test-env does not make them)."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    found = sorted(root.glob("versions/%s.*/bin/python" % minor),
+                   key=lambda path: [int(n) for n in path.parent.parent.name.split(".") if n.isdigit()])
+    if not found:
+        pytest.skip("no Python %s under %s/versions" % (minor, root))
+    return str(found[-1])
+
+
 __all__ = ["PWNED", "NASTY", "user_env", "run", "proxykernel", "one_error", "kernelspec",
-           "execute_notebook", "stdout_of", "repo_python"]
+           "execute_notebook", "stdout_of", "repo_python", "old_python"]
