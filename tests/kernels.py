@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from jupyter_client import BlockingKernelClient, KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from proxykernel.sshd import descendants, read_stat
+from proxykernel.testing.procs import descendants, read_stat
 
 READY_TIMEOUT = 60
 

@@ -19,7 +19,7 @@ from proxykernel.bootstrap import CACHE_ONLY, NO_AGENT, agent_bundle, remote_pro
 from proxykernel.cli import build_parser
 from proxykernel.config import ProxyConfig, agent_memo_path, control_path
 from proxykernel.ssh import SSHOptions
-from proxykernel.sshd import SSHServer
+from proxykernel.testing.sshd import SSHServer
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel
 
 MASTER_GONE = 15.0  # seconds: --connection-persist 1, plus ssh's own check interval and slack
@@ -165,7 +165,8 @@ def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> N
 
 
 def test_a_hung_shared_connection_is_replaced_and_every_kernel_on_it_recovers(tmp_path: Path) -> None:
-    from proxykernel.sshd import read_stat, stream_peer_pid
+    from proxykernel.testing.procs import read_stat
+    from proxykernel.testing.sshd import stream_peer_pid
     from tests.test_reconnect import FAST, PRINT_EVERY_20MS, collect_lines, remote_pid
     with SSHServer() as sshd:
         argv = proxy_argv(sshd, extra=FAST + ["--connection-persist", "1"])

@@ -5,7 +5,8 @@ import stat
 import subprocess
 import time
 
-from proxykernel.sshd import SSHServer, pids_in_namespace, pids_in_pgroup, port_open, read_stat
+from proxykernel.testing.procs import pids_in_namespace, pids_in_pgroup, read_stat
+from proxykernel.testing.sshd import SSHServer, port_open
 
 SSH_TIMEOUT = 30
 
