@@ -1,12 +1,15 @@
 """Shared fixtures: a real sshd (``sshd``), other local users who log in to it (``add_user``), and a
 check that tests leave no processes behind."""
 
+from __future__ import annotations
+
 import os
 import pwd
 import signal
 import subprocess
 import sys
 import time
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
@@ -23,14 +26,14 @@ LEFTOVER_GRACE = 3.0  # seconds a test's processes get to exit after the test
 
 
 @pytest.fixture(scope="session")
-def sshd():
+def sshd() -> Iterator[SSHServer]:
     """A running SSHServer shared by the whole session (see proxykernel/testing/sshd.py)."""
     with SSHServer() as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def add_user(sshd):
+def add_user(sshd: SSHServer) -> Iterator[Callable[..., str]]:
     """``add_user(NAME, sudo=False)``: the ssh alias of local user NAME on the session's sshd.
 
     A second user plays a remote user without root (tests of --sudo). The account is made with
@@ -38,9 +41,9 @@ def add_user(sshd):
     no, a locked '!' password refuses them). ``sudo=True`` writes a NOPASSWD sudoers file, removed
     at the end of the session.
     """
-    sudoers = []
+    sudoers: List[str] = []
 
-    def add(name, sudo=False):
+    def add(name: str, sudo: bool = False) -> str:
         try:
             pwd.getpwnam(name)
         except KeyError:
@@ -60,7 +63,7 @@ def add_user(sshd):
             os.remove(path)
 
 
-def _our_processes():
+def _our_processes() -> Dict[int, str]:
     """Live descendants of this pytest process in our own PID namespace.
 
     Processes inside an SSHServer's PID namespace (the "remote" side) are left out:
@@ -77,7 +80,7 @@ def _our_processes():
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_processes(request):
+def _no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves processes it started still running (then kill them).
 
     Opt out with @pytest.mark.allow_leftover_processes. Only catches descendants of

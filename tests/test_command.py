@@ -6,7 +6,7 @@ import shlex
 import sys
 import venv
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -17,7 +17,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 SUBCOMMANDS = ["add", "list", "remove", "check", "discover", "deploy", "demo"]
 
 
-def _ssh(sshd: Any) -> list:
+def _ssh(sshd: Any) -> List[str]:
     return ["--ssh-config", str(sshd.config_path)]
 
 
@@ -157,6 +157,7 @@ def _help(env: Dict[str, str], *args: str) -> str:
 
 def test_help_matches_the_readme(tmp_path: Path) -> None:
     env, readme = user_env(tmp_path), README.read_text()
-    for args in [[]] + [[name] for name in SUBCOMMANDS]:
+    all_args: List[List[str]] = [[]] + [[name] for name in SUBCOMMANDS]
+    for args in all_args:
         text = _help(env, *args)
         assert text in readme, "README lacks the current output of: proxykernel %s --help" % " ".join(args)

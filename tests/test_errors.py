@@ -16,7 +16,7 @@ from tests.userland import old_python
 TIMEOUT = 15
 
 
-def _run_proxy(sshd: Any, tmp_path: Path, host: str, python: str, *extra: str) -> subprocess.CompletedProcess:
+def _run_proxy(sshd: Any, tmp_path: Path, host: str, python: str, *extra: str) -> "subprocess.CompletedProcess[str]":
     connection_file = tmp_path / "kernel.json"
     from jupyter_client.connect import write_connection_file
     write_connection_file(str(connection_file), ip="127.0.0.1", key=b"secret-test-key")
@@ -30,7 +30,7 @@ def _run_proxy(sshd: Any, tmp_path: Path, host: str, python: str, *extra: str) -
     return result
 
 
-def _error_lines(result: subprocess.CompletedProcess) -> List[str]:
+def _error_lines(result: "subprocess.CompletedProcess[str]") -> List[str]:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "ERROR" in line]

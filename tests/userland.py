@@ -55,10 +55,12 @@ def execute_notebook(env: Dict[str, str], tmp_path: Path, kernel_name: str,
                      cells: List[str]) -> List[List[Dict[str, Any]]]:
     """Run ``cells`` with ``jupyter execute`` through kernelspec ``kernel_name``; each cell's outputs."""
     path = tmp_path / "notebook.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), str(path))
+    cells_ = [nbformat.v4.new_code_cell(c) for c in cells]  # type: ignore[no-untyped-call]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells_), str(path))  # type: ignore[no-untyped-call]
     result = run(["jupyter", "execute", "--inplace", "--kernel_name=%s" % kernel_name, str(path)], env)
     assert result.returncode == 0, result.stderr
-    return [cell.outputs for cell in nbformat.read(str(path), as_version=4).cells]
+    notebook = nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+    return [cell.outputs for cell in notebook.cells]
 
 
 def stdout_of(outputs: List[Dict[str, Any]]) -> str:
