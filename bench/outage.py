@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from bench import procs
 from bench.kernels import Kernel, Spec, wait_ready
-from proxykernel.sshd import SSHServer, descendants, read_stat, stream_peer_pid
+from proxykernel.testing.procs import descendants, read_stat
+from proxykernel.testing.sshd import SSHServer, stream_peer_pid
 
 __all__ = ["main", "SETTINGS"]
 

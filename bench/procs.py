@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Set
 
-from proxykernel.sshd import all_pids, descendants, pid_namespace, process_table, read_stat
+from proxykernel.testing.procs import all_pids, descendants, pid_namespace, process_table, read_stat
 
 __all__ = ["peak_rss_mb", "cmdline", "kernel_pids", "remote_agent_pids", "local_side_pids",
            "alive", "namespace_pid", "all_pids"]

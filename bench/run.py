@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, IO, List, Optional
 from bench import procs
 from bench.kernels import (Kernel, KernelError, Spec, measure_comm, measure_display, measure_pass,
                            measure_stdout, peak_rss, start_kernels, stop_kernels, wait_ready)
-from proxykernel.sshd import SSHServer
+from proxykernel.testing.sshd import SSHServer
 
 __all__ = ["Sizes", "FULL", "QUICK", "VARIANTS", "Bench", "ROOT"]
 

@@ -17,52 +17,19 @@ import shlex
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple
+from types import ModuleType
+from typing import Iterator, List, Optional, Sequence, Tuple
 
+from proxykernel import remote_bootstrap, remote_checks
+from proxykernel.remote_bootstrap import CACHE_ONLY, LENGTH_DIGITS
 from remote_agent.paths import runtime_dir  # the per-user 0700 directory, on this side too
 
-__all__ = ["boot_error", "AgentBundle", "agent_bundle", "remote_command", "remote_python_command", "BootReply", "BootReader",
-           "BOOT_MARK", "CACHE_ONLY", "NO_AGENT"]
+__all__ = ["boot_error", "AgentBundle", "agent_bundle", "remote_program", "remote_command", "remote_python_command",
+           "BootReply", "BootReader", "BOOT_MARK", "CACHE_ONLY", "NO_AGENT"]
 
-BOOT_MARK = b"\nPXKBOOT "
+BOOT_MARK = remote_checks.MARK.encode()
 # Noise allowed before the bootstrap's line (banners, .bashrc output) before we call it broken.
 MAX_BOOT_NOISE = 64 * 1024
-# The bootstrap's argument for ``proxykernel deploy``: cache the agent, then exit without running it.
-CACHE_ONLY = "--cache-only"
-
-# Runs on whatever Python the user named, so it must fail politely on old ones: no f-strings.
-_BOOTSTRAP = r'''
-import os,sys
-def say(s):os.write(1,("\nPXKBOOT "+s+"\n").encode())
-if sys.version_info<(3,8):say("ERR old-python %d.%d %s"%(sys.version_info[0],sys.version_info[1],sys.executable));sys.exit(3)
-import hashlib,importlib.util as u
-m=[n for n in("ipykernel","zmq","jupyter_client")if u.find_spec(n)is None]
-if m:say("ERR missing %s %s"%(",".join(m),sys.executable));sys.exit(3)
-h=sys.argv[1];d=os.path.join(os.environ.get("XDG_CACHE_HOME")or os.path.expanduser("~/.cache"),"proxykernel");f=os.path.join(d,"agent-"+h)
-def rd(n):
- b=[];k=0
- while k<n:
-  c=os.read(0,n-k)
-  if not c:sys.exit(4)
-  b.append(c);k+=len(c)
- return b"".join(b)
-n=int(rd(12));z=rd(n)if n else b""
-if os.path.isdir(f):say("HAVE")
-elif not z:say("NEED");sys.exit(5)
-else:
- if hashlib.sha256(z).hexdigest()!=h:say("ERR corrupt-agent");sys.exit(4)
- import io,shutil,tempfile,zipfile
- try:os.makedirs(d,0o700,exist_ok=True);t=tempfile.mkdtemp(dir=d);w=""
- except OSError:f=t=tempfile.mkdtemp();w=" uncached"
- zipfile.ZipFile(io.BytesIO(z)).extractall(t)
- try:os.rename(t,f)
- except OSError:shutil.rmtree(t,True)
- say("GOT"+w)
-if sys.argv[2:]==["--cache-only"]:sys.exit(0)
-sys.path.insert(0,f)
-import remote_agent.attach as a
-a.main(sys.argv[2:])
-'''
 
 
 @dataclass(frozen=True)
@@ -73,11 +40,51 @@ class AgentBundle:
 
     def framed(self) -> bytes:
         """The start of the stream when the agent is sent along: a 12-digit length, then the zip."""
-        return b"%012d" % len(self.data) + self.data
+        return b"%0*d" % (LENGTH_DIGITS, len(self.data)) + self.data
 
 
 # The start of the stream when the remote cache is believed to have the agent already.
-NO_AGENT = b"%012d" % 0
+NO_AGENT = b"%0*d" % (LENGTH_DIGITS, 0)
+
+
+# The line of each remote program that imports the shared checks: the checks precede the program
+# in the text sent, so the line goes (on the remote, proxykernel is not there to import).
+_CHECKS_IMPORT = "from proxykernel.remote_checks import "
+
+
+@lru_cache(maxsize=None)
+def remote_program(program: ModuleType) -> str:
+    """The text that ``python -c`` runs on the remote for ``program`` (remote_bootstrap,
+    remote_probe, remote_discover): remote_checks.py, then the program without its import of them.
+
+    Read from the files once per process: the proxy's start calls it (through remote_command) before
+    it spawns ssh, and so do ``proxykernel check``, ``deploy`` and ``discover`` (probe.py).
+    Docstrings, comments and blank lines are left out: the text is on ssh's command line, and
+    compiled anew by every session. The remote modules keep triple quotes for docstrings only.
+    """
+    lines: List[str] = []
+    for module in (remote_checks, program):
+        assert module.__file__ is not None
+        with open(module.__file__, encoding="utf-8") as source:
+            lines += source.read().splitlines()
+    kept = [line for line in lines if not line.startswith(_CHECKS_IMPORT)]
+    if len(kept) != len(lines) - 1:
+        raise RuntimeError("%s must import remote_checks in exactly one line" % program.__name__)
+    return "".join(line + "\n" for line in _code_lines(kept))
+
+
+def _code_lines(lines: Sequence[str]) -> Iterator[str]:
+    """``lines`` without blank lines, comment lines and docstrings (lines from one opening triple
+    quote to the closing one); tests/test_remote_programs.py checks that the code is the same."""
+    in_docstring = False
+    for line in lines:
+        text = line.strip()
+        if in_docstring:
+            in_docstring = not text.endswith('"""')
+        elif text.startswith('"""'):
+            in_docstring = len(text) < 6 or not text.endswith('"""')
+        elif text and not text.startswith("#"):
+            yield line
 
 
 @lru_cache(maxsize=None)
@@ -136,7 +143,7 @@ def remote_command(python: str, bundle: AgentBundle, sudo: bool = False,
                    agent_args: Sequence[str] = (), pre_command: Optional[str] = None,
                    workdir: Optional[str] = None) -> str:
     """The command line ssh hands to the remote login shell to boot the agent (the proxy's start)."""
-    return remote_python_command(python, _BOOTSTRAP.strip(), [bundle.sha256, *agent_args], sudo,
+    return remote_python_command(python, remote_program(remote_bootstrap), [bundle.sha256, *agent_args], sudo,
                                  pre_command, workdir)
 
 

@@ -11,7 +11,6 @@ import shlex
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-from proxykernel import manage
 from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
 from proxykernel.ssh import SSHOptions
 
@@ -118,6 +117,7 @@ def _target(args: argparse.Namespace, python: str) -> Target:
 def _install(args: argparse.Namespace, python: str, display_name: str, name: Optional[str]) -> str:
     """add_kernel with the stored options of ``add``/``discover``; returns the kernelspec's name."""
     extra = ["--log-level", args.log_level] if args.log_level else []
+    from proxykernel import manage  # here: it imports jupyter_client (zmq, asyncio), which check needs not
     return manage.add_kernel(
         host=args.host, display_name=display_name, local_python_path=sys.executable,
         remote_python_path=python, env=" ".join(args.env) or None, sudo=args.sudo,
@@ -132,6 +132,7 @@ def cmd_add(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    from proxykernel import manage
     specs = manage.proxied_kernelspecs()
     if not specs:
         print("no proxykernel kernelspecs (add one with 'proxykernel add HOST --python PYTHON')")
@@ -149,6 +150,8 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 def cmd_remove(args: argparse.Namespace) -> None:
     from jupyter_client.kernelspec import KernelSpecManager
+
+    from proxykernel import manage
     known = {spec.name for spec in manage.proxied_kernelspecs()}
     for name in args.names:
         if name not in known:

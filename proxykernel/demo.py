@@ -79,7 +79,7 @@ def run_demo() -> List[str]:
     from nbclient import NotebookClient
 
     from proxykernel.manage import add_kernel
-    from proxykernel.sshd import SSHServer
+    from proxykernel.testing.sshd import SSHServer
 
     made: List[str] = []
     began = time.monotonic()

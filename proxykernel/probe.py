@@ -1,10 +1,11 @@
 """Looking at a remote host before a kernel runs there: ``proxykernel check``, ``deploy``, ``discover``.
 
-Each runs small stdlib scripts on the remote Python through ``remote_python_command`` (the same
-shell line as a kernel start, so ``--workdir``, ``--pre-command`` and ``--sudo`` apply alike) and
-reads their answer as a ``PXKBOOT`` line, like the bootstrap's. The work is done over a
-``Runner`` so that fabfile.py's ``deploy-agent`` can reuse it over Fabric's connection; the
-command line uses the user's own ``ssh`` (``ssh_runner``).
+Each runs a small stdlib program on the remote Python (remote_probe.py, remote_discover.py, sent as
+text by ``remote_program``) through ``remote_python_command`` (the same shell line as a kernel start,
+so ``--workdir``, ``--pre-command`` and ``--sudo`` apply alike) and reads its answer as a ``PXKBOOT``
+line, like the bootstrap's. The work is done over a ``Runner`` so that fabfile.py's
+``deploy-agent`` can reuse it over Fabric's connection; the command line uses the user's own
+``ssh`` (``ssh_runner``).
 """
 from __future__ import annotations
 
@@ -18,62 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+from proxykernel import remote_discover, remote_probe
 from proxykernel.bootstrap import (CACHE_ONLY, AgentBundle, BootReader, BootReply, agent_bundle, boot_error,
-                                   remote_command, remote_python_command)
+                                   remote_command, remote_program, remote_python_command)
 from proxykernel.ssh import SSHOptions, explain_ssh_failure, ssh_argv
 
 __all__ = ["Target", "RemoteResult", "Runner", "ProbeFailed", "Step", "ssh_runner", "probe_command",
-           "read_probe", "check", "deploy", "deploy_report", "discover", "PROBE"]
-
-# Runs on the user's remote Python, so like the bootstrap it must fail politely on old ones.
-# It reports what a kernel start will find, then echoes lines (``check`` times round trips).
-PROBE = r'''
-import os,sys
-def say(s):os.write(1,("\nPXKBOOT "+s+"\n").encode())
-if sys.version_info<(3,8):say("ERR old-python %d.%d %s"%(sys.version_info[0],sys.version_info[1],sys.executable));sys.exit(3)
-import base64,json,socket,importlib.util as u
-m=[n for n in("ipykernel","zmq","jupyter_client")if u.find_spec(n)is None]
-if m:say("ERR missing %s %s"%(",".join(m),sys.executable));sys.exit(3)
-try:
- from importlib.metadata import version;v=version("ipykernel")
-except Exception:v="unknown"
-h=sys.argv[1];f=os.path.join(os.environ.get("XDG_CACHE_HOME")or os.path.expanduser("~/.cache"),"proxykernel","agent-"+h);c=os.path.isdir(f)
-i={"python":sys.version.split()[0],"executable":sys.executable,"ipykernel":v,"hostname":socket.gethostname(),"cached":c,"cache":f,"euid":os.geteuid(),"cwd":os.getcwd()}
-say("INFO "+base64.b64encode(json.dumps(i).encode()).decode())
-for l in iter(sys.stdin.buffer.readline,b""):os.write(1,l)
-'''
-
-# Lists the Pythons a kernel could use: conda environments, the interpreters of kernelspecs, the
-# ones on PATH and the candidates given; asks each for its version and ipykernel's.
-DISCOVER = r'''
-import glob,json,os,shutil,subprocess,sys,base64
-H=os.path.expanduser("~");c=[]
-def add(p,src,label):
- if p and os.path.isdir(p) and not os.path.isfile(p):p=os.path.join(p,"bin","python")
- if p and os.path.isfile(p) and os.access(p,os.X_OK):c.append((p,src,label))
-envs=[]
-try:envs+=[l.strip() for l in open(os.path.join(H,".conda","environments.txt")) if l.strip()]
-except OSError:pass
-for b in [os.environ.get("CONDA_PREFIX",""),os.path.dirname(os.path.dirname(os.environ.get("CONDA_EXE","")))]+[os.path.join(H,d) for d in("miniconda3","anaconda3","miniforge3","mambaforge")]+["/opt/conda","/opt/miniconda3","/opt/anaconda3"]:
- if b and os.path.isdir(os.path.join(b,"conda-meta")):envs+=[b]+glob.glob(os.path.join(b,"envs","*"))
-for e in envs:add(e,"conda",os.path.basename(e.rstrip("/")))
-kd=[os.path.join(H,".local/share/jupyter/kernels"),"/usr/local/share/jupyter/kernels","/usr/share/jupyter/kernels"]+[os.path.join(d,"kernels") for d in os.environ.get("JUPYTER_PATH","").split(os.pathsep) if d]
-for k in sorted(set(kd)):
- for j in sorted(glob.glob(os.path.join(k,"*","kernel.json"))):
-  try:s=json.load(open(j));a=s["argv"][0]
-  except Exception:continue
-  if s.get("language")=="python" and os.path.isabs(a):add(a,"kernelspec",os.path.basename(os.path.dirname(j)))
-for n in sys.argv[1:]:add(n if os.sep in n else shutil.which(n),"--python",n)
-for n in("python3","python"):add(shutil.which(n),"PATH",n)
-Q="import sys,os\ntry:\n from importlib.metadata import version;v=version('ipykernel')\nexcept Exception:v=None\nprint(sys.prefix);print('%d.%d.%d'%sys.version_info[:3]);print(v);print(sys.executable)"
-seen=set();out=[]
-for p,src,label in c:
- try:r=subprocess.run([p,"-c",Q],stdin=subprocess.DEVNULL,stdout=subprocess.PIPE,stderr=subprocess.DEVNULL,timeout=30).stdout.decode().split("\n")
- except Exception:continue
- if len(r)<4 or r[0] in seen:continue
- seen.add(r[0]);out.append({"python":r[3] or p,"source":src,"label":label if src!="--python" else os.path.basename(r[0]),"prefix":r[0],"version":r[1],"ipykernel":None if r[2]=="None" else r[2]})
-os.write(1,("\nPXKBOOT INFO "+base64.b64encode(json.dumps(out).encode()).decode()+"\n").encode())
-'''
+           "read_probe", "check", "deploy", "deploy_report", "discover"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +72,8 @@ def ssh_runner(ssh: SSHOptions, timeout: float) -> Runner:
 
 
 def probe_command(target: Target, bundle: AgentBundle) -> str:
-    return target.command(PROBE.strip(), [bundle.sha256])
+    """The command that runs the probe (remote_probe.py) for ``check`` and ``deploy``."""
+    return target.command(remote_program(remote_probe), [bundle.sha256])
 
 
 def _failure(target: Target, reply: Optional[BootReply], code: Optional[int], stderr: str) -> ProbeFailed:
@@ -184,7 +137,7 @@ def deploy_report(info: Dict[str, Any]) -> str:
 def discover(run: Runner, target: Target, candidates: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """The remote's Python environments (conda, kernelspecs, PATH, ``candidates``), each with its
     version and ipykernel's (None when missing). The script runs on ``target.python``."""
-    result = run(target.command(DISCOVER.strip(), list(candidates)), b"")
+    result = run(target.command(remote_program(remote_discover), list(candidates)), b"")
     found: List[Dict[str, Any]] = read_probe(target, _reply(result.stdout), result.code, result.stderr)
     return found
 

@@ -1,9 +1,15 @@
-"""Shared fixtures: a real sshd (``sshd``) and a check that tests leave no processes behind."""
+"""Shared fixtures: a real sshd (``sshd``), other local users who log in to it (``add_user``), and a
+check that tests leave no processes behind."""
+
+from __future__ import annotations
 
 import os
+import pwd
 import signal
+import subprocess
 import sys
 import time
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
@@ -13,19 +19,51 @@ for _p in (TESTS, ROOT):  # `import proxykernel`, `import remote_agent`, `from s
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from proxykernel.sshd import SSHServer, descendants, pid_namespace, process_table  # noqa: E402
+from proxykernel.testing.procs import descendants, pid_namespace, process_table  # noqa: E402
+from proxykernel.testing.sshd import SSHServer  # noqa: E402
 
 LEFTOVER_GRACE = 3.0  # seconds a test's processes get to exit after the test
 
 
 @pytest.fixture(scope="session")
-def sshd():
-    """A running SSHServer shared by the whole session (see tests/sshd.py)."""
+def sshd() -> Iterator[SSHServer]:
+    """A running SSHServer shared by the whole session (see proxykernel/testing/sshd.py)."""
     with SSHServer() as server:
         yield server
 
 
-def _our_processes():
+@pytest.fixture(scope="session")
+def add_user(sshd: SSHServer) -> Iterator[Callable[..., str]]:
+    """``add_user(NAME, sudo=False)``: the ssh alias of local user NAME on the session's sshd.
+
+    A second user plays a remote user without root (tests of --sudo). The account is made with
+    ``useradd -m`` if missing and kept; ``usermod -p '*'`` unlocks it for key logins (with UsePAM
+    no, a locked '!' password refuses them). ``sudo=True`` writes a NOPASSWD sudoers file, removed
+    at the end of the session.
+    """
+    sudoers: List[str] = []
+
+    def add(name: str, sudo: bool = False) -> str:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, stdin=subprocess.DEVNULL)
+        subprocess.run(["usermod", "-p", "*", name], check=True, stdin=subprocess.DEVNULL)
+        if sudo:
+            path = "/etc/sudoers.d/pxk-test-%s" % name
+            with open(path, "w") as f:
+                f.write("%s ALL=(ALL) NOPASSWD: ALL\n" % name)
+            os.chmod(path, 0o440)
+            sudoers.append(path)
+        return sshd.allow_user(name)
+
+    yield add
+    for path in sudoers:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _our_processes() -> Dict[int, str]:
     """Live descendants of this pytest process in our own PID namespace.
 
     Processes inside an SSHServer's PID namespace (the "remote" side) are left out:
@@ -42,7 +80,7 @@ def _our_processes():
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_processes(request):
+def _no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves processes it started still running (then kill them).
 
     Opt out with @pytest.mark.allow_leftover_processes. Only catches descendants of

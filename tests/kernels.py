@@ -8,10 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from proxykernel.sshd import descendants, read_stat
+from proxykernel.testing.procs import descendants, read_stat
 
 READY_TIMEOUT = 60
 

@@ -279,7 +279,8 @@ def test_dead_heartbeat_ends_attach(remote: Dict[str, Any]) -> None:
 
 
 def test_through_sshd_the_daemon_has_the_pipes_and_attach_ends_with_its_link(sshd: Any, tmp_path: Path) -> None:
-    from proxykernel.sshd import pipes, read_stat, stream_peer_pid
+    from proxykernel.testing.procs import pipes, read_stat
+    from proxykernel.testing.sshd import stream_peer_pid
     from tests.kernels import proxy_argv, run_cell, running_kernel
     from tests.test_reconnect import attach_pid, remote_pid, ssh_child
 

@@ -24,7 +24,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from proxykernel.sshd import descendants, read_stat, stream_peer_pid
+from proxykernel.testing.procs import descendants, read_stat
+from proxykernel.testing.sshd import stream_peer_pid
 from tests.kernels import proxy_argv, run_cell, running_kernel, shell_reply
 from tests.test_reconnect import remote_pid, ssh_child
 

@@ -6,18 +6,18 @@ import shlex
 import sys
 import venv
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
-from tests.userland import (execute_notebook, kernelspec, one_error, proxykernel, repo_python, run,
+from tests.userland import (execute_notebook, kernelspec, old_python, one_error, proxykernel, repo_python, run,
                             stdout_of, user_env)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SUBCOMMANDS = ["add", "list", "remove", "check", "discover", "deploy", "demo"]
 
 
-def _ssh(sshd: Any) -> list:
+def _ssh(sshd: Any) -> List[str]:
     return ["--ssh-config", str(sshd.config_path)]
 
 
@@ -67,20 +67,42 @@ def test_check_reports_each_step(sshd: Any, tmp_path: Path) -> None:
     assert result.stdout.rstrip().endswith("is ready for proxykernel")
 
 
-@pytest.mark.parametrize("case", ["host", "python", "ipykernel"])
+# In a subprocess, as the console script runs it; then what it imported.
+CHECK_IMPORTS = """
+import sys
+from proxykernel.command import main
+code = main(sys.argv[1:])
+print("imported:", " ".join(sorted(name for name in ("zmq", "asyncio") if name in sys.modules)))
+sys.exit(code)
+"""
+
+
+def test_check_imports_neither_zmq_nor_asyncio(sshd: Any, tmp_path: Path) -> None:
+    # check runs on a laptop before any kernel: it starts fast and needs none of the proxy's stack.
+    result = run([sys.executable, "-c", CHECK_IMPORTS, "check", sshd.alias, "--python", sys.executable,
+                  *_ssh(sshd)], user_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "is ready for proxykernel" in result.stdout
+    assert result.stdout.rstrip().endswith("imported:"), result.stdout
+
+
+@pytest.mark.parametrize("case", ["host", "python", "ipykernel", "old-python"])
 def test_check_failures_name_cause_and_fix(sshd: Any, tmp_path: Path, case: str) -> None:
     host, python = sshd.alias, sys.executable
     if case == "host":
         host = sshd.nosuchhost_alias
     elif case == "python":
         python = "/no/such/python3"
+    elif case == "old-python":
+        python = old_python("3.6")
     else:
         venv.create(tmp_path / "bare", with_pip=False)
         python = str(tmp_path / "bare")
     line = one_error(proxykernel(user_env(tmp_path), "check", host, "--python", python, *_ssh(sshd), "-t", "20"))
     cause, fix = {"host": ("cannot resolve the host 'pxk-nosuchhost'", "add a 'Host pxk-nosuchhost' entry"),
                   "python": ("'/no/such/python3' does not exist", "pass --python the path"),
-                  "ipykernel": ("lacks ipykernel", "-m pip install ipykernel")}[case]
+                  "ipykernel": ("lacks ipykernel", "-m pip install ipykernel"),
+                  "old-python": ("is version 3.6", "needs Python 3.8 or newer")}[case]
     assert line.startswith("proxykernel check: error: ") and cause in line and fix in line
 
 
@@ -135,6 +157,7 @@ def _help(env: Dict[str, str], *args: str) -> str:
 
 def test_help_matches_the_readme(tmp_path: Path) -> None:
     env, readme = user_env(tmp_path), README.read_text()
-    for args in [[]] + [[name] for name in SUBCOMMANDS]:
+    all_args: List[List[str]] = [[]] + [[name] for name in SUBCOMMANDS]
+    for args in all_args:
         text = _help(env, *args)
         assert text in readme, "README lacks the current output of: proxykernel %s --help" % " ".join(args)

@@ -8,14 +8,15 @@ import time
 import venv
 from pathlib import Path
 from typing import Any, List
-
+import pytest
 
 import remote_agent
+from tests.userland import old_python
 
 TIMEOUT = 15
 
 
-def _run_proxy(sshd: Any, tmp_path: Path, host: str, python: str, *extra: str) -> subprocess.CompletedProcess:
+def _run_proxy(sshd: Any, tmp_path: Path, host: str, python: str, *extra: str) -> "subprocess.CompletedProcess[str]":
     connection_file = tmp_path / "kernel.json"
     from jupyter_client.connect import write_connection_file
     write_connection_file(str(connection_file), ip="127.0.0.1", key=b"secret-test-key")
@@ -29,7 +30,7 @@ def _run_proxy(sshd: Any, tmp_path: Path, host: str, python: str, *extra: str) -
     return result
 
 
-def _error_lines(result: subprocess.CompletedProcess) -> List[str]:
+def _error_lines(result: "subprocess.CompletedProcess[str]") -> List[str]:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "ERROR" in line]
@@ -57,6 +58,14 @@ def test_remote_python_without_ipykernel(sshd: Any, tmp_path: Path) -> None:
     venv.create(bare, with_pip=False)
     [line] = _error_lines(_run_proxy(sshd, tmp_path, sshd.alias, str(bare)))  # an environment prefix
     assert "lacks ipykernel" in line and "-m pip install ipykernel" in line
+
+
+@pytest.mark.parametrize("minor", ["2.7", "3.6"])
+def test_remote_python_too_old(sshd: Any, tmp_path: Path, minor: str) -> None:
+    python = old_python(minor)
+    [line] = _error_lines(_run_proxy(sshd, tmp_path, sshd.alias, python))
+    assert "the remote Python %s on %s is version %s" % (python, sshd.alias, minor) in line
+    assert "proxykernel needs Python 3.8 or newer there" in line
 
 
 def test_agent_of_another_protocol_version(sshd: Any, tmp_path: Path) -> None:

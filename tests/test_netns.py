@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from proxykernel.sshd import SSHServer
+from proxykernel.testing.sshd import SSHServer
 from tests.kernels import proxy_argv, run_cell, running_kernel, shell_reply
 from tests.test_reconnect import PRINT_UNTIL, ssh_child
 

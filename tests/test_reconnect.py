@@ -21,7 +21,8 @@ import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 
 from proxykernel.proxy import kernel_id
-from proxykernel.sshd import descendants, read_stat, stream_peer_pid
+from proxykernel.testing.procs import descendants, read_stat
+from proxykernel.testing.sshd import stream_peer_pid
 from remote_agent.paths import runtime_dir
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel, shell_reply
 

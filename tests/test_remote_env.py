@@ -66,9 +66,9 @@ def test_missing_workdir_and_failing_pre_command_are_one_sentence(sshd: Any, tmp
 
 
 @pytest.fixture(scope="module")
-def sudoer(sshd: Any) -> str:
+def sudoer(add_user: Any) -> str:
     """A second local user who may run anything with sudo -n (no password)."""
-    return str(sshd.add_user("pxkuser", sudo=True))
+    return str(add_user("pxkuser", sudo=True))
 
 
 def test_sudo_runs_the_kernel_as_root(sshd: Any, sudoer: str, tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_sudo_runs_the_kernel_as_root(sshd: Any, sudoer: str, tmp_path: Path) ->
     assert raised["env"]["PXK_ENV"] == NASTY
 
 
-def test_sudo_that_wants_a_password_is_one_sentence(sshd: Any, tmp_path: Path) -> None:
-    alias = sshd.add_user("pxknosudo")
+def test_sudo_that_wants_a_password_is_one_sentence(sshd: Any, add_user: Any, tmp_path: Path) -> None:
+    alias = add_user("pxknosudo")
     [line] = _error_lines(_run_proxy(sshd, tmp_path, alias, repo_python("system"), "--sudo"))
     assert "sudo on %r asks for a password" % alias in line and "NOPASSWD" in line

@@ -14,11 +14,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, List
 
-from proxykernel.bootstrap import _BOOTSTRAP, CACHE_ONLY, NO_AGENT, agent_bundle
+from proxykernel import remote_bootstrap
+from proxykernel.bootstrap import CACHE_ONLY, NO_AGENT, agent_bundle, remote_program
 from proxykernel.cli import build_parser
 from proxykernel.config import ProxyConfig, agent_memo_path, control_path
 from proxykernel.ssh import SSHOptions
-from proxykernel.sshd import SSHServer
+from proxykernel.testing.sshd import SSHServer
 from tests.kernels import alive, proxy_argv, run_cell, running_kernel
 
 MASTER_GONE = 15.0  # seconds: --connection-persist 1, plus ssh's own check interval and slack
@@ -74,8 +75,8 @@ def test_more_kernels_than_the_server_allows_sessions_still_start(tmp_path: Path
 def _bootstrap(stdin: bytes, cache: Path, *args: str, tmpdir: str = "") -> subprocess.CompletedProcess:
     """The bootstrap on this machine, as a remote shell would run it (its 'remote' is local here)."""
     env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=tmpdir or str(cache))
-    return subprocess.run([sys.executable, "-c", _BOOTSTRAP, agent_bundle().sha256, *args], input=stdin,
-                          capture_output=True, env=env, timeout=30)
+    return subprocess.run([sys.executable, "-c", remote_program(remote_bootstrap), agent_bundle().sha256, *args],
+                          input=stdin, capture_output=True, env=env, timeout=30)
 
 
 def test_bootstrap_takes_the_agent_from_the_stream_without_asking(tmp_path: Path) -> None:
@@ -164,7 +165,8 @@ def test_the_agent_zip_is_made_once_and_follows_its_sources(tmp_path: Path) -> N
 
 
 def test_a_hung_shared_connection_is_replaced_and_every_kernel_on_it_recovers(tmp_path: Path) -> None:
-    from proxykernel.sshd import read_stat, stream_peer_pid
+    from proxykernel.testing.procs import read_stat
+    from proxykernel.testing.sshd import stream_peer_pid
     from tests.test_reconnect import FAST, PRINT_EVERY_20MS, collect_lines, remote_pid
     with SSHServer() as sshd:
         argv = proxy_argv(sshd, extra=FAST + ["--connection-persist", "1"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import nbformat
+import pytest
 
 # A value that would run something if any layer between us and the remote kernel forgot to quote.
 PWNED = Path("/tmp/pwned")
@@ -54,10 +55,12 @@ def execute_notebook(env: Dict[str, str], tmp_path: Path, kernel_name: str,
                      cells: List[str]) -> List[List[Dict[str, Any]]]:
     """Run ``cells`` with ``jupyter execute`` through kernelspec ``kernel_name``; each cell's outputs."""
     path = tmp_path / "notebook.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), str(path))
+    cells_ = [nbformat.v4.new_code_cell(c) for c in cells]  # type: ignore[no-untyped-call]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells_), str(path))  # type: ignore[no-untyped-call]
     result = run(["jupyter", "execute", "--inplace", "--kernel_name=%s" % kernel_name, str(path)], env)
     assert result.returncode == 0, result.stderr
-    return [cell.outputs for cell in nbformat.read(str(path), as_version=4).cells]
+    notebook = nbformat.read(str(path), as_version=4)  # type: ignore[no-untyped-call]
+    return [cell.outputs for cell in notebook.cells]
 
 
 def stdout_of(outputs: List[Dict[str, Any]]) -> str:
@@ -73,5 +76,16 @@ def repo_python(name: str) -> str:
     return str(prefix)
 
 
+def old_python(minor: str) -> str:
+    """pyenv's newest Python ``minor`` (such as 2.7), too old for proxykernel: a remote Python that
+    must get one sentence. Skips the test where pyenv has none (setup-test-env does not make them)."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    found = sorted(root.glob("versions/%s.*/bin/python" % minor),
+                   key=lambda path: [int(n) for n in path.parent.parent.name.split(".") if n.isdigit()])
+    if not found:
+        pytest.skip("no Python %s under %s/versions" % (minor, root))
+    return str(found[-1])
+
+
 __all__ = ["PWNED", "NASTY", "user_env", "run", "proxykernel", "one_error", "kernelspec",
-           "execute_notebook", "stdout_of", "repo_python"]
+           "execute_notebook", "stdout_of", "repo_python", "old_python"]
