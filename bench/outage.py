@@ -1,6 +1,6 @@
 """``python -m bench.outage``: how fast proxykernel notices a dead link, and how fast it recovers.
 
-Against a private sshd on 127.0.0.1 (``proxykernel.sshd.SSHServer``), with a kernel printing a
+Against a private sshd on 127.0.0.1 (``proxykernel.testing.sshd.SSHServer``), with a kernel printing a
 numbered line every 20 ms, for each heartbeat setting and each repetition (a fresh kernel each):
 
 1. **detect**: SIGSTOP of sshd's process that carries the stream on the remote (a hung link:

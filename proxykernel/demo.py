@@ -1,6 +1,6 @@
 """``proxykernel demo``: a notebook through a proxied kernel, with no remote host and no configuration.
 
-Starts a private sshd on 127.0.0.1 with throwaway keys (proxykernel/sshd.py, the tests' server),
+Starts a private sshd on 127.0.0.1 with throwaway keys (proxykernel/testing/sshd.py, the tests' server),
 registers a kernelspec for it in a private Jupyter data directory, runs a small notebook with
 nbclient exactly as Jupyter would, prints the outputs and where they ran, and removes everything
 it made: the sshd and every process of its sessions, keys, kernelspec, the agent's cache.
@@ -85,6 +85,7 @@ def run_demo() -> List[str]:
     began = time.monotonic()
     with ExitStack() as stack:
         server = stack.enter_context(SSHServer())
+        assert server.tmpdir is not None  # set by start(), until stop()
         made.append(server.tmpdir)
         print("private sshd on 127.0.0.1:%d (pid %d), throwaway keys in %s"
               % (server.port, server.pid, server.tmpdir))

@@ -170,7 +170,8 @@ def test_outage_beyond_reconnect_timeout_gives_up_and_linger_cleans_up(sshd: Any
     extra = FAST + ["--reconnect-timeout", "3", "--linger", "2", "--no-connection-sharing"]
     with running_kernel(proxy_argv(sshd, extra=extra), tmp_path) as (km, kc):
         kernel = remote_pid(kc, sshd)
-        connection_dir = run_cell(kc, "import ipykernel, os; print(os.path.dirname(ipykernel.get_connection_file()))")[1]
+        connection_dir = run_cell(
+            kc, "import ipykernel, os; print(os.path.dirname(ipykernel.get_connection_file()))")[1]
         remote_dir = connection_dir[0][1]["text"].strip()
         socket_path = os.path.join(runtime_dir(), kernel_id(km.session.key.decode(), km.connection_file) + ".sock")
         assert os.path.exists(socket_path)
