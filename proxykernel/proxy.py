@@ -64,7 +64,7 @@ class Proxy:
         self.first_ssh = first_ssh
         self.control = control
         self.context = zmq.Context()
-        self.conn = wire.Connection("proxy", session=uuid.uuid4().hex, max_buffer=config.buffer_size)
+        self.conn = wire.Connection(wire.Role.PROXY, session=uuid.uuid4().hex, max_buffer=config.buffer_size)
         self.bundle: AgentBundle = agent_bundle(config.agent_source)
         self.agent_memo = agent_memo_path(config)
         self.boot_buffer = memoryview(bytearray(64 * 1024))  # ssh's output until the agent speaks

@@ -36,7 +36,7 @@ from collections import deque
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
-from remote_agent import wire
+from remote_agent import peek, wire
 from remote_agent.attach import HANDOFF, TAKEN, connect, options
 from remote_agent.paths import runtime_dir, socket_path
 
@@ -89,7 +89,7 @@ def daemon_main(argv: List[str]) -> None:
         listener.bind(path)
     listener.listen(4)
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    first = _FirstLink(wire.Connection("agent", max_buffer=opts.buffer))
+    first = _FirstLink(wire.Connection(wire.Role.AGENT, max_buffer=opts.buffer))
     try:
         try:
             _read_first_start(listener, first)
@@ -327,7 +327,7 @@ class Agent:
         decoder that has read the first link so far."""
         self.listener = listener
         self.options = options
-        self.conn = conn if conn is not None else wire.Connection("agent", max_buffer=options.buffer)
+        self.conn = conn if conn is not None else wire.Connection(wire.Role.AGENT, max_buffer=options.buffer)
         self.context = zmq.Context()
         self.context.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)  # (a default for its sockets)
         self.poller = zmq.Poller()
@@ -764,7 +764,7 @@ class Agent:
         identity, frames = bytes(event.frames[0]), list(event.frames[1:])
         self.kernel_used = True
         if event.channel == "control":
-            restart = wire.restart_requested(frames)
+            restart = peek.restart_requested(frames)
             if restart is not None:
                 self.restart_expected = restart
         self.dealer(event.channel, identity).send_multipart(frames, copy=False)
@@ -797,7 +797,7 @@ class Agent:
             buffers: List[wire.Buffer] = [frame.buffer for frame in frames]
             self.conn.send_data(channel, [identity] + buffers)
             if (channel == "control" and self.restart_expected
-                    and b'"shutdown_reply"' in wire.message_part(buffers, 1)):
+                    and b'"shutdown_reply"' in peek.message_part(buffers, 1)):
                 self.retire_for_restart()
                 return
 
@@ -823,7 +823,7 @@ class Agent:
                 return
             buffers: List[wire.Buffer] = [frame.buffer for frame in frames]  # no copy: as they came
             self.hear_kernel()
-            if not self.welcomed and wire.is_welcome(buffers):
+            if not self.welcomed and peek.is_welcome(buffers):
                 self.welcomed = True
                 continue
             self.conn.send_data("iopub", buffers)
