@@ -33,7 +33,7 @@ class ReceiveBuffer:
 
     Called only by ``wire.Connection``: ``append`` with what its owner hands to ``receive_data``;
     ``read_buffer`` and ``received_into`` when the owner reads the stream straight into memory
-    offered here (``os.readv``); ``peek``, ``take`` and ``find`` as the decoder cuts frames;
+    offered here (``os.readv``); ``peek``, ``take`` and ``skip_to`` as the decoder cuts frames;
     ``clear`` on a new link. Frames that lie in one chunk are cut without a copy.
     """
 
@@ -59,8 +59,9 @@ class ReceiveBuffer:
     def read_buffer(self, frame_size: int) -> memoryview:
         """Where the owner's next read should go (``Connection.read_buffer``): the rest of a large
         frame's own buffer, else a scratch buffer. ``frame_size`` is the size of the frame whose
-        header is buffered but not its end (0 if none), as the decoder read it from that header."""
-        if self._fill is None and frame_size >= DIRECT_FRAME and self.size * FILL_AHEAD >= frame_size:
+        header is buffered (0 if none), as the decoder read it from that header."""
+        if (self._fill is None and frame_size >= DIRECT_FRAME
+                and frame_size > self.size >= frame_size // FILL_AHEAD):
             self._start_fill(frame_size)
         if self._fill is None:
             if self._scratch is None:
@@ -134,13 +135,19 @@ class ReceiveBuffer:
         self.size -= count
         return view
 
-    def find(self, pattern: bytes) -> int:
-        """Where ``pattern`` starts in the unparsed bytes, or -1. Joins them all first: meant for
-        the few bytes before the protocol starts (a login banner), not for frames."""
+    def skip_to(self, pattern: bytes) -> Tuple[bool, bytes]:
+        """Consume the bytes before ``pattern`` and the pattern itself: (found, the bytes skipped). Not
+        found, all but a tail that may be the pattern's start are skipped. Joins what is buffered:
+        meant for the few bytes before the protocol starts (a login banner), not for frames."""
         if not self._chunks:
-            return -1
+            return False, b""
         self._coalesce()
-        return self._chunks[0].find(pattern)
+        at = self._chunks[0].find(pattern)
+        if at < 0:
+            return False, bytes(self.take(max(0, self.size - (len(pattern) - 1))))
+        skipped = bytes(self.take(at))
+        self.take(len(pattern))
+        return True, skipped
 
     def _coalesce(self) -> None:
         """All buffered chunks into one (rare: a header split across reads, or a banner)."""

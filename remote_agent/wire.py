@@ -20,7 +20,7 @@ Runs on Python >= 3.8 (the remote side): no newer syntax, stdlib only.
 from __future__ import annotations
 
 import enum
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, NoReturn, Optional, Sequence
 
 from remote_agent import frames
 from remote_agent.buffers import Held, ReceiveBuffer, ReplayBuffer, SendQueue
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _HEADER = frames.HEADER.size
+_FRAMING = (State.AWAITING_HELLO, State.OPEN, State.OPEN_RESUMED)  # receiving states that read frames
 
 
 class Role(enum.Enum):
@@ -52,12 +53,10 @@ class Connection:
 
     Called by the proxy's and the agent's event loops: ``receive_data`` (or ``read_buffer`` then
     ``received_into``) for what is read from the stream, then ``data_to_send`` to flush. The sequence
-    state outlives a link: after a drop, call ``new_link``, exchange hellos, and ``resume`` with the
-    peer's ``received`` count queues exactly the data frames the peer lacks. Until ``resume``, data
-    frames are only kept (a link is not yet up). The link's state is ``state`` (see ``state.py``); a
-    protocol error while receiving is sticky: receiving raises again until ``new_link``. Pings are
-    answered and acks sent here, so neither end dispatches them. Sent data frames stay in the replay
-    buffer until the peer's cumulative ack covers them (see ``buffers.ReplayBuffer``).
+    state outlives a link: after a drop, ``new_link``, exchange hellos, and ``resume`` with the peer's
+    ``received`` count queues exactly the data frames the peer lacks (until then they are only kept in
+    ``replay``). ``state`` is the link's (``state.py``): a protocol error while receiving is sticky
+    until ``new_link``. Pings are answered and acks sent here, so neither end dispatches them.
     """
 
     def __init__(self, role: Role, session: str = "", max_buffer: int = 256 * 1024 * 1024) -> None:
@@ -127,11 +126,6 @@ class Connection:
         if self.linked:
             self._out.data(seq)
         return seq
-
-    def _ack_due(self) -> bool:
-        """True once enough data arrived that the peer should be allowed to free its copy."""
-        return (self.received_seq - self.acked_received >= ACK_EVERY_FRAMES
-                or self._bytes_since_ack >= ACK_EVERY_BYTES)
 
     def _send_ack(self) -> None:
         self.acked_received = self.received_seq
@@ -207,8 +201,12 @@ class Connection:
 
     def read_buffer(self) -> memoryview:
         """Where the next read from the stream should go (``os.readv``), for ``received_into``:
-        the rest of a large frame's own buffer once its header is in, else a scratch buffer."""
-        return self._received.read_buffer(self._frame_under_way())
+        the rest of a large frame's own buffer once enough of it is in, else a scratch buffer."""
+        size = 0  # that of the frame under way, if its header is in
+        if self.state.receiving in _FRAMING and self._received.size >= _HEADER:
+            length: int = frames.HEADER.unpack(self._received.peek(_HEADER))[0]
+            size = 4 + length if 0 < length <= frames.MAX_FRAME else 0  # (a bad one is _decode's to report)
+        return self._received.read_buffer(size)
 
     def received_into(self, nbytes: int) -> List[Event]:
         """``nbytes`` were read into the last ``read_buffer``: ``receive_data`` without a copy
@@ -216,21 +214,12 @@ class Connection:
         self._check_receiving()
         return self._decode() if self._received.received_into(nbytes) else []
 
-    def _frame_under_way(self) -> int:
-        """The size of the frame whose start is buffered but not its end, or 0."""
-        if self.state.receiving in (State.AWAITING_MAGIC, State.ERROR) or self._received.size < _HEADER:
-            return 0
-        length: int = frames.HEADER.unpack(self._received.peek(_HEADER))[0]
-        if 0 < length <= frames.MAX_FRAME and self._received.size < 4 + length:
-            return 4 + length
-        return 0  # (a bad length is reported by _decode)
-
     def _check_receiving(self) -> None:
         if self.state.receiving is State.ERROR:
             raise RemoteProtocolError("nothing more is read from a stream that broke the protocol (%s)"
                                       % self._failure)
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException) -> NoReturn:
         """Receiving raised: the stream is not trusted again (sticky ERROR until ``new_link``)."""
         if self.state.receiving is not State.ERROR:
             self.state.process(Side.RECEIVING, Trigger.PROTOCOL_ERROR)
@@ -253,31 +242,23 @@ class Connection:
                     events.append(event)
         except BaseException as error:  # (as h11 does: a half-parsed stream is never trusted)
             self._fail(error)
-        if self._ack_due():
+        if (self.received_seq - self.acked_received >= ACK_EVERY_FRAMES
+                or self._bytes_since_ack >= ACK_EVERY_BYTES):
             self._send_ack()  # lets the peer free its replay copies; no owner needs to ask
         return events
 
     def _find_magic(self, events: List[Event]) -> bool:
-        at = self._received.find(MAGIC)
-        if at < 0:
-            # Keep a tail that may be the start of MAGIC; report the rest as noise.
-            noise = self._received.size - (len(MAGIC) - 1)
-            if noise > 0:
-                self._report_noise(events, self._received.take(noise))
-            return False
-        if at:
-            self._report_noise(events, self._received.take(at))
-        self._received.take(len(MAGIC))
-        self.state.process(Side.RECEIVING, Trigger.MAGIC)
-        return True
-
-    def _report_noise(self, events: List[Event], noise: memoryview) -> None:
-        self._noise += len(noise)
-        if self._noise > frames.MAX_NOISE:
-            raise RemoteProtocolError(
-                "the peer sent more than %d bytes before the protocol hello: it is not a proxykernel "
-                "agent, or something on the remote prints to its output" % frames.MAX_NOISE)
-        events.append(Noise(bytes(noise)))
+        found, noise = self._received.skip_to(MAGIC)
+        if noise:
+            self._noise += len(noise)
+            if self._noise > frames.MAX_NOISE:
+                raise RemoteProtocolError(
+                    "the peer sent more than %d bytes before the protocol hello: it is not a proxykernel "
+                    "agent, or something on the remote prints to its output" % frames.MAX_NOISE)
+            events.append(Noise(noise))
+        if found:
+            self.state.process(Side.RECEIVING, Trigger.MAGIC)
+        return found
 
     def _parse(self, kind: int, payload: Buffer) -> Event:
         if self.state.receiving is State.AWAITING_HELLO:
