@@ -231,11 +231,12 @@ class Connection:
         try:
             if self.state.receiving is State.AWAITING_MAGIC and not self._find_magic(events):
                 return events
-            while self._received.size >= _HEADER:
-                length, kind = frames.read_header(self._received.peek(_HEADER))
-                if self._received.size < 4 + length:
+            received = self._received
+            while received.size >= _HEADER:
+                length, kind = frames.read_header(received.peek(_HEADER))
+                if received.size < 4 + length:
                     break
-                event = self._parse(kind, self._received.take(4 + length)[_HEADER:])
+                event = self._parse(kind, received.take(4 + length)[_HEADER:])
                 if isinstance(event, Ping):
                     self._send_pong(event.timestamp)  # answered here, so neither end dispatches it
                 else:
