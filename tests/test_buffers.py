@@ -110,7 +110,7 @@ def test_memory_follows_the_bytes_fed_not_the_lengths_claimed(
     assert peak <= len(data) + MARGIN, "%d bytes fed, %d allocated" % (len(data), peak)
 
 
-def test_a_huge_claimed_frame_gets_its_buffer_only_once_a_quarter_of_it_arrived() -> None:
+def test_a_large_frame_gets_its_own_buffer_only_once_a_fixed_share_of_it_arrived() -> None:
     conn = wire.Connection(wire.Role.AGENT)
     size = 32 * 1024 * 1024
     conn.receive_data(STREAM[:HELLO_END] + struct.pack(">IB", size - 4, 2))
