@@ -56,6 +56,7 @@ def load_connection_file(path: str) -> Dict[str, object]:
 
 @dataclass(frozen=True)
 class ProxyConfig:
+    """Everything one proxied kernel was started with; made by ``cli.main`` from the command line."""
     host: str
     python: str
     connection_file: str

@@ -212,7 +212,7 @@ class Link:
         ``started_at``: when the proxy started (``--timeout`` and "kernel ready in" count from it)."""
         self.config = config
         self.start_config = start_config
-        self.conn = wire.Connection("proxy", session=session, max_buffer=config.buffer_size)
+        self.conn = wire.Connection(wire.Role.PROXY, session=session, max_buffer=config.buffer_size)
         self.boot = AgentBoot(config.host, config.python, agent_cached, agent_size)
         self.shared_master = shared_master
         self.started_at = started_at

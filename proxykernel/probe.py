@@ -44,6 +44,7 @@ class Target:
 
 @dataclass(frozen=True)
 class RemoteResult:
+    """What a remote program run by ``check``/``deploy``/``discover`` left: exit code, stdout, stderr."""
     code: Optional[int]
     stdout: bytes
     stderr: str

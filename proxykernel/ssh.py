@@ -15,6 +15,7 @@ __all__ = ["SSHOptions", "config_args", "ssh_argv", "spawn_ssh", "explain_ssh_fa
 
 @dataclass(frozen=True)
 class SSHOptions:
+    """How to reach a host with ssh: the alias, an ssh config file, extra ``-o`` options, the ssh program."""
     host: str
     config_file: Optional[str] = None
     options: Sequence[str] = field(default_factory=tuple)  # each "Name=value", as ssh -o takes it

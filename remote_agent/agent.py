@@ -53,7 +53,7 @@ class Agent:
         decoder that has read the first link so far."""
         self.listener = listener
         self.options = options
-        self.conn = conn if conn is not None else wire.Connection("agent", max_buffer=options.buffer)
+        self.conn = conn if conn is not None else wire.Connection(wire.Role.AGENT, max_buffer=options.buffer)
         self.poller = zmq.Poller()
         self.poller.register(listener.fileno(), zmq.POLLIN)  # plain fds: Poller.poll returns fds
         self.kernel = Kernel(self.log)

@@ -49,7 +49,7 @@ def daemon_main(argv: List[str]) -> None:
     path = socket_path(opts.id)
     listener = _listen(path)
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    first = FirstLink(wire.Connection("agent", max_buffer=opts.buffer))
+    first = FirstLink(wire.Connection(wire.Role.AGENT, max_buffer=opts.buffer))
     try:
         try:
             read_first_start(listener, first)

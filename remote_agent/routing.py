@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import zmq
 
-from remote_agent import wire
+from remote_agent import peek, wire
 from remote_agent.kernel import channel_url
 
 __all__ = ["Router", "REQUEST_CHANNELS"]
@@ -113,7 +113,7 @@ class Router:
         identity, frames = bytes(event.frames[0]), list(event.frames[1:])
         self.used = True
         if event.channel == "control":
-            restart = wire.restart_requested(frames)
+            restart = peek.restart_requested(frames)
             if restart is not None:
                 self.restart_expected = restart
         self.dealer(event.channel, identity).send_multipart(frames, copy=False)
@@ -158,7 +158,7 @@ class Router:
             buffers: List[wire.Buffer] = [frame.buffer for frame in frames]
             self.conn.send_data(channel, [identity] + buffers)
             if (channel == "control" and self.restart_expected
-                    and b'"shutdown_reply"' in wire.message_part(buffers, 1)):
+                    and b'"shutdown_reply"' in peek.message_part(buffers, 1)):
                 self.on_restart()
                 return
 
@@ -172,7 +172,7 @@ class Router:
                 return
             buffers: List[wire.Buffer] = [frame.buffer for frame in frames]  # no copy: as they came
             self.hear_kernel()
-            if not self.welcomed and wire.is_welcome(buffers):
+            if not self.welcomed and peek.is_welcome(buffers):
                 self.welcomed = True
                 continue
             self.conn.send_data("iopub", buffers)

@@ -162,7 +162,7 @@ def start_kernel(remote: Dict[str, Any], stdio: str = "pipes",
     kernel_id = "t" + uuid.uuid4().hex[:12]
     session = attach(remote, kernel_id, stdio, options)
     session.kernel_id = kernel_id
-    conn = wire.Connection("proxy", session=uuid.uuid4().hex)
+    conn = wire.Connection(wire.Role.PROXY, session=uuid.uuid4().hex)
     key = uuid.uuid4().hex
     signer = Session(key=key.encode())
     conn.send_hello()

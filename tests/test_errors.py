@@ -72,8 +72,8 @@ def test_agent_of_another_protocol_version(sshd: Any, tmp_path: Path) -> None:
     source = tmp_path / "remote_agent"
     shutil.copytree(Path(remote_agent.__file__).parent, source,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    wire = source / "wire.py"
-    wire.write_text(wire.read_text().replace("PROTOCOL_VERSION = 1", "PROTOCOL_VERSION = 99"))
+    frames = source / "frames.py"  # where the protocol's version is set
+    frames.write_text(frames.read_text().replace("PROTOCOL_VERSION = 1", "PROTOCOL_VERSION = 99"))
     [line] = _error_lines(_run_proxy(sshd, tmp_path, sshd.alias, sys.executable,
                                      "--agent-source", str(source)))
     assert "protocol version 99" in line and "version 1" in line

@@ -25,7 +25,7 @@ class Remote:
     """The remote end of the link: a real agent-side Connection that answers a hello as the agent does."""
 
     def __init__(self) -> None:
-        self.conn = wire.Connection("agent")
+        self.conn = wire.Connection(wire.Role.AGENT)
         self.heard: List[Any] = []
 
     def new_ssh(self) -> None:
@@ -297,7 +297,7 @@ def test_a_reconnect_to_an_agent_that_lost_the_kernel_fails() -> None:
     boot(link, remote)
     link.ssh_exited(255, 5.0)
     link.poll(5.0)
-    remote.conn = wire.Connection("agent")  # a new agent: the host restarted
+    remote.conn = wire.Connection(wire.Role.AGENT)  # a new agent: the host restarted
     assert attach(link, remote, 5.5) == [RememberAgent(), Fail(
         "the remote agent on btest no longer has this kernel (stopped after --linger, or the host restarted); "
         "restart the kernel")]

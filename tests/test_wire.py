@@ -12,7 +12,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from remote_agent import wire
+from remote_agent import buffers, frames as codec, wire
 
 HELLO, DATA, ACK, START, INTERRUPT = 1, 2, 3, 6, 8
 HEADER = 5  # u32 length + u8 type; the length counts the type byte
@@ -40,7 +40,7 @@ def part(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def hello_bytes(role: str = "proxy") -> bytes:
+def hello_bytes(role: wire.Role = wire.Role.PROXY) -> bytes:
     conn = wire.Connection(role)
     conn.send_hello()
     return conn.data_to_send()
@@ -53,7 +53,7 @@ def split(data: bytes, cuts: Iterable[int]) -> List[bytes]:
 
 
 def decode(chunks: Iterable[bytes], conn: Optional[wire.Connection] = None) -> List[wire.Event]:
-    conn = wire.Connection("agent") if conn is None else conn
+    conn = wire.Connection(wire.Role.AGENT) if conn is None else conn
     events: List[wire.Event] = []
     for chunk in chunks:
         events.extend(conn.receive_data(chunk))
@@ -62,14 +62,14 @@ def decode(chunks: Iterable[bytes], conn: Optional[wire.Connection] = None) -> L
 
 def receiver() -> wire.Connection:
     """An agent-side Connection that has already accepted a proxy's hello."""
-    conn = wire.Connection("agent")
+    conn = wire.Connection(wire.Role.AGENT)
     assert [type(e) for e in conn.receive_data(hello_bytes())] == [wire.Hello]
     return conn
 
 
 def seqs(conn: wire.Connection) -> List[int]:
     """The unacked seqs, after checking ``unacked_bytes`` agrees with the frames held."""
-    assert conn.unacked_bytes == sum(len(joined(pieces)) for _, _, pieces in conn.unacked)
+    assert conn.replay.unacked_bytes == sum(len(joined(pieces)) for _, _, pieces in conn.unacked)
     assert all(size == len(joined(pieces)) for _, size, pieces in conn.unacked)
     return [seq for seq, _, _ in conn.unacked]
 
@@ -110,7 +110,7 @@ def send_everything(sender: wire.Connection, big: bool) -> List[wire.Event]:
 
 
 def encoded(big: bool) -> Tuple[bytes, List[wire.Event]]:
-    sender = wire.Connection("proxy", session="s-1")
+    sender = wire.Connection(wire.Role.PROXY, session="s-1")
     expected = send_everything(sender, big)
     return sender.data_to_send(), expected
 
@@ -153,18 +153,18 @@ def read_into(conn: wire.Connection, data: bytes, sizes: Iterable[int]) -> List[
 @pytest.mark.parametrize("read", [1, 7, 4096, 65536, 1 << 22], ids=lambda n: "reads-of-%d" % n)
 def test_reads_into_read_buffer_decode_like_the_whole_stream(read: int) -> None:
     data, expected = encoded(big=True)
-    events = read_into(wire.Connection("agent"), data, iter(lambda: read, None))
+    events = read_into(wire.Connection(wire.Role.AGENT), data, iter(lambda: read, None))
     assert events == expected
 
 
 def test_a_large_frame_is_read_into_one_buffer_of_its_own_size() -> None:
-    sender = wire.Connection("proxy", session="s-1")
+    sender = wire.Connection(wire.Role.PROXY, session="s-1")
     sender.send_hello()
     sender.resume(0)
-    body = bytes(range(256)) * (3 * wire.DIRECT_FRAME // 256)
+    body = bytes(range(256)) * (3 * buffers.DIRECT_FRAME // 256)
     sender.send_data("iopub", [b"head", body, b"tail"])
     sender.send_data("iopub", [b"small"])
-    conn = wire.Connection("agent")
+    conn = wire.Connection(wire.Role.AGENT)
     events = read_into(conn, sender.data_to_send(), iter(lambda: 50000, None))
     data = [e for e in events if isinstance(e, wire.ChannelData)]
     assert [[bytes(p) for p in e.frames] for e in data] == [[b"head", body, b"tail"], [b"small"]]
@@ -282,7 +282,7 @@ def test_deeply_nested_json_is_a_protocol_error(in_hello: bool) -> None:
     # Regression (found by this suite): _parse_json catches only UnicodeDecodeError/ValueError, but json.loads raises
     # RecursionError on deeply nested input, so a peer escapes the exception tree with 100 kB of "[".
     nested = b"[" * 100_000
-    conn = wire.Connection("agent") if in_hello else receiver()
+    conn = wire.Connection(wire.Role.AGENT) if in_hello else receiver()
     raw = wire.MAGIC + frame(HELLO, nested) if in_hello else frame(START, nested)
     with pytest.raises(wire.RemoteProtocolError, match="not valid JSON"):
         conn.receive_data(raw)
@@ -290,7 +290,7 @@ def test_deeply_nested_json_is_a_protocol_error(in_hello: bool) -> None:
 
 # -- local errors -----------------------------------------------------------------------------
 def test_sending_on_an_unknown_channel_is_a_local_error() -> None:
-    conn = wire.Connection("proxy")
+    conn = wire.Connection(wire.Role.PROXY)
     with pytest.raises(wire.LocalProtocolError, match="unknown channel 'heartbeat'"):
         conn.send_data("heartbeat", [b"x"])
     assert conn.sent_seq == 0 and not conn.unacked and conn.data_to_send() == b""
@@ -299,10 +299,10 @@ def test_sending_on_an_unknown_channel_is_a_local_error() -> None:
 def test_oversized_message_is_refused_without_burning_a_seq(monkeypatch: pytest.MonkeyPatch) -> None:
     # Regression (found by this suite): send_data increments sent_seq before _frame raises LocalProtocolError, so the
     # next message goes out as seq 2 and the peer resets the link with "frames were lost".
-    sender = wire.Connection("proxy")
+    sender = wire.Connection(wire.Role.PROXY)
     sender.send_hello()
     sender.resume(0)
-    monkeypatch.setattr(wire, "MAX_FRAME", 128)
+    monkeypatch.setattr(codec, "MAX_FRAME", 128)
     with pytest.raises(wire.LocalProtocolError, match="exceeds the 128-byte frame limit"):
         sender.send_data("shell", [b"x" * 200])
     assert sender.send_data("shell", [b"ok"]) == 1
@@ -320,7 +320,7 @@ def sent_frames(sender: wire.Connection, count: int) -> List[bytes]:
 
 
 def test_unacked_holds_data_until_an_ack_covers_it() -> None:
-    proxy, agent = wire.Connection("proxy"), wire.Connection("agent")
+    proxy, agent = wire.Connection(wire.Role.PROXY), wire.Connection(wire.Role.AGENT)
     proxy.send_hello()
     proxy.resume(0)
     agent.send_hello()
@@ -330,23 +330,23 @@ def test_unacked_holds_data_until_an_ack_covers_it() -> None:
     frames = sent_frames(proxy, 3)
     proxy.send_ping(1.0)  # control frames are never held for resend
     proxy.data_to_send()
-    assert seqs(proxy) == [1, 2, 3] and proxy.unacked_bytes == sum(map(len, frames))
+    assert seqs(proxy) == [1, 2, 3] and proxy.replay.unacked_bytes == sum(map(len, frames))
     for upto, left in [(2, [3]), (2, [3]), (3, [])]:  # the repeated ack must change nothing
         agent.receive_data(b"".join(frames[agent.received_seq:upto]))
         agent._send_ack()
         assert proxy.receive_data(agent.data_to_send()) == [wire.Ack(upto)]
         assert seqs(proxy) == left and [joined(p) for _, _, p in proxy.unacked] == frames[upto:]
-    assert proxy.unacked_bytes == 0
+    assert proxy.replay.unacked_bytes == 0
 
 
 @pytest.mark.parametrize("peer_received", range(6))
 def test_resend_after_a_drop_delivers_each_message_once(peer_received: int) -> None:
-    sender = wire.Connection("proxy", session="s-1")  # the agent resumes only the same session
+    sender = wire.Connection(wire.Role.PROXY, session="s-1")  # the agent resumes only the same session
     sender.send_hello()
     sender.resume(0)
     hello = sender.data_to_send()
     frames = sent_frames(sender, 5)
-    peer = wire.Connection("agent")  # the link drops after the peer got `peer_received` frames
+    peer = wire.Connection(wire.Role.AGENT)  # the link drops after the peer got `peer_received` frames
     before = decode([hello] + frames[:peer_received], peer)[1:]
     assert peer.received_seq == peer_received
 
@@ -362,7 +362,7 @@ def test_resend_after_a_drop_delivers_each_message_once(peer_received: int) -> N
 
 
 def test_data_waits_for_the_peers_hello() -> None:
-    sender = wire.Connection("proxy")
+    sender = wire.Connection(wire.Role.PROXY)
     sender.send_hello()
     sender.send_data("shell", [b"early"])
     held = decode([sender.data_to_send()])
@@ -372,17 +372,17 @@ def test_data_waits_for_the_peers_hello() -> None:
 
 
 def test_overflow_drops_oldest_output_never_replies_and_reports_the_gap() -> None:
-    sender = wire.Connection("agent", max_buffer=3000)
+    sender = wire.Connection(wire.Role.AGENT, max_buffer=3000)
     sender.send_hello()  # no resume: the link is down, everything is kept for later
     sizes = {}
     for i in range(10):
         channel = "shell" if i == 2 else "iopub"
         sender.send_data(channel, [b"x" * 500])
         sizes[i + 1] = sender.unacked[-1][1]
-    assert sender.unacked_bytes <= 3000
+    assert sender.replay.unacked_bytes <= 3000
     kept = seqs(sender)
     assert 3 in kept and kept[-1] == 10  # the shell reply survives; the newest output too
-    peer = wire.Connection("proxy")
+    peer = wire.Connection(wire.Role.PROXY)
     sender.new_link()
     sender.send_hello()
     sender.resume(0)
@@ -392,7 +392,7 @@ def test_overflow_drops_oldest_output_never_replies_and_reports_the_gap() -> Non
     assert delivered == kept
     assert sum(e.frames for e in skipped) == 10 - len(kept)
     assert sum(e.nbytes for e in skipped) == sum(sizes[i] for i in sizes if i not in kept)
-    assert peer.received_seq == 10 and sender.dropped_frames == 10 - len(kept)
+    assert peer.received_seq == 10 and sender.replay.dropped_frames == 10 - len(kept)
 
 
 def test_inconsistent_skip_is_a_protocol_error() -> None:
@@ -401,7 +401,7 @@ def test_inconsistent_skip_is_a_protocol_error() -> None:
 
 
 def test_resume_refuses_a_peer_ahead_of_us() -> None:
-    sender = wire.Connection("proxy")
+    sender = wire.Connection(wire.Role.PROXY)
     with pytest.raises(wire.RemoteProtocolError, match="claims frame 3"):
         sender.resume(3)
 
@@ -434,7 +434,7 @@ def feed_until_error(conn: wire.Connection, chunks: Sequence[bytes], bound: Opti
 @MODEST
 @given(data=st.binary(max_size=2000), cuts=CUTS)
 def test_arbitrary_bytes_raise_only_protocol_errors(prefix: bytes, data: bytes, cuts: List[int]) -> None:
-    feed_until_error(wire.Connection("agent"), [prefix] + split(data, cuts))
+    feed_until_error(wire.Connection(wire.Role.AGENT), [prefix] + split(data, cuts))
 
 
 @MODEST
@@ -443,20 +443,20 @@ def test_arbitrary_bytes_raise_only_protocol_errors(prefix: bytes, data: bytes, 
                        max_size=8))
 def test_decoder_buffers_at_most_one_frame(noise: bytes, with_hello: bool, cuts: List[int],
                                            frames: List[Tuple[int, int, bytes]]) -> None:
-    # wire.py reads MAX_FRAME and MAX_NOISE as module globals at call time, so patching them works.
+    # remote_agent.frames reads MAX_FRAME and MAX_NOISE as module globals at call time, so patching them works.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(wire, "MAX_FRAME", 160)
-        mp.setattr(wire, "MAX_NOISE", 64)
+        mp.setattr(codec, "MAX_FRAME", 160)
+        mp.setattr(codec, "MAX_NOISE", 64)
         stream = noise + (hello_bytes() if with_hello else b"")
         stream += b"".join(struct.pack(">IB", n, kind) + body for n, kind, body in frames)
-        feed_until_error(wire.Connection("agent"), split(stream, cuts), bound=160 + HEADER)
+        feed_until_error(wire.Connection(wire.Role.AGENT), split(stream, cuts), bound=160 + HEADER)
 
 
 @MODEST
 @given(messages=MESSAGES, cuts=CUTS)
 def test_any_messages_round_trip_under_any_chunking(messages: List[Tuple[str, List[bytes]]],
                                                     cuts: List[int]) -> None:
-    sender = wire.Connection("proxy")
+    sender = wire.Connection(wire.Role.PROXY)
     sender.send_hello()
     sender.resume(0)
     for channel, parts in messages:
@@ -468,7 +468,7 @@ def test_any_messages_round_trip_under_any_chunking(messages: List[Tuple[str, Li
 
 def test_skip_reports_the_bytes_of_runs_the_peer_partly_has() -> None:
     # Acks are batched: a dropped run often starts with frames the peer already has.
-    sender = wire.Connection("agent", session="s", max_buffer=10_000)
+    sender = wire.Connection(wire.Role.AGENT, session="s", max_buffer=10_000)
     sender.send_hello()
     sender.resume(0)
     sender.data_to_send()
@@ -480,7 +480,7 @@ def test_skip_reports_the_bytes_of_runs_the_peer_partly_has() -> None:
     kept = seqs(sender)
     sender.send_hello()
     sender.resume(3)
-    peer = wire.Connection("proxy")
+    peer = wire.Connection(wire.Role.PROXY)
     peer.received_seq = 3  # it got the first three
     events = decode([sender.data_to_send()], peer)[1:]
     frame_size = len(frame(DATA, data_payload(3, 1, 1, part(b"x" * 1000))))
@@ -490,21 +490,21 @@ def test_skip_reports_the_bytes_of_runs_the_peer_partly_has() -> None:
 
 
 def test_a_stalled_link_takes_frames_lazily_and_skips_those_dropped_meanwhile() -> None:
-    sender = wire.Connection("agent", session="s", max_buffer=5_000)
+    sender = wire.Connection(wire.Role.AGENT, session="s", max_buffer=5_000)
     sender.send_hello()
     sender.resume(0)
     sender.data_to_send()
     for i in range(20):  # written to nobody: the link is stalled
         sender.send_data("iopub", [b"%04d" % i * 250])
     first = sender.buffers_to_send(budget=1)  # one frame at most, and a skip before it
-    events = decode([hello_bytes("agent"), b"".join(first)], wire.Connection("proxy"))[1:]
+    events = decode([hello_bytes(wire.Role.AGENT), b"".join(first)], wire.Connection(wire.Role.PROXY))[1:]
     assert [type(e) for e in events] == [wire.Skipped, wire.ChannelData]
     assert events[1].seq == seqs(sender)[0] and sender.pending
 
 
 def test_the_connection_answers_pings_and_acks_by_itself() -> None:
     """Neither end dispatches pings or decides when to ack: the Connection does both."""
-    proxy, agent = wire.Connection("proxy"), wire.Connection("agent")
+    proxy, agent = wire.Connection(wire.Role.PROXY), wire.Connection(wire.Role.AGENT)
     for conn in (proxy, agent):
         conn.send_hello()
         conn.resume(0)
@@ -516,4 +516,4 @@ def test_the_connection_answers_pings_and_acks_by_itself() -> None:
     frames = b"".join(sent_frames(proxy, wire.ACK_EVERY_FRAMES))
     agent.receive_data(frames)
     assert proxy.receive_data(agent.data_to_send()) == [wire.Ack(wire.ACK_EVERY_FRAMES)]
-    assert proxy.unacked_bytes == 0
+    assert proxy.replay.unacked_bytes == 0
