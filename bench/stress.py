@@ -9,7 +9,10 @@ lost wake-up: a request sitting unread in the proxy's socket).
 
 Sessions run one after another in each of ``--workers`` processes (jupyter_client's blocking
 managers want a process each), against a private sshd on 127.0.0.1 (``bench.run.Bench``), with a
-shared runtime directory so starts reuse the host's ssh connection.
+shared runtime directory so starts reuse the host's ssh connection. A start that fails is counted
+apart, with the proxy's sentence: with several workers, a port that jupyter_client picked can be
+taken by another process before the proxy binds it ("Address already in use"), as it could before
+a local ipykernel binds it.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from queue import Empty
 from typing import Any, Dict, List, Optional
@@ -29,6 +33,7 @@ from bench.run import QUICK, ROOT, Bench
 
 __all__ = ["main", "session"]
 
+RESULTS = ROOT / "bench" / "results"  # where a stalled session's log is kept
 KERNEL_INFO_EVERY = 0.25
 PASS_EVERY = 0.2
 
@@ -76,7 +81,8 @@ def _wait_idle(kc: BlockingKernelClient, sent: List[str], resend: Any, deadline:
 
 
 def session(ksm: KernelSpecManager, name: str, stall: float, log: Any) -> Dict[str, Any]:
-    """One session of the pattern; returns its timings and, if it stalled, the step."""
+    """One session of the pattern; returns its timings and, if it stalled, the step; if the proxy
+    ended instead (a failed start, not a lost message), its error sentence."""
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
     began = time.monotonic()
     result: Dict[str, Any] = {"stalled": None}
@@ -94,7 +100,10 @@ def session(ksm: KernelSpecManager, name: str, stall: float, log: Any) -> Dict[s
         if reply["content"]["user_expressions"]["x"]["data"]["text/plain"] != "2":
             raise Stalled("wrong user_expressions reply")
     except Stalled as stalled:
-        result["stalled"] = str(stalled)
+        if km.is_alive():
+            result["stalled"] = str(stalled)
+        else:  # not a lost message: the proxy ended, and said why in its log
+            result["failed_start"] = _last_error(log.name)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
@@ -103,17 +112,31 @@ def session(ksm: KernelSpecManager, name: str, stall: float, log: Any) -> Dict[s
     return result
 
 
-def worker(spec_dir: str, name: str, sessions: int, stall: float, log_path: str) -> int:
-    """One worker process: ``sessions`` sessions, one JSON line each on stdout."""
+def _last_error(log_path: str) -> str:
+    """The proxy's error sentence, from its log."""
+    with open(log_path, errors="replace") as log:
+        errors = [line.strip() for line in log if "ERROR]" in line]
+    return errors[-1] if errors else "the proxy exited without an error line"
+
+
+def worker(spec_dir: str, name: str, sessions: int, stall: float, log_dir: str) -> int:
+    """One worker process: ``sessions`` sessions, one JSON line each on stdout. Each session's
+    proxy log is kept (in ``log_dir``) only if the session stalled."""
     ksm = KernelSpecManager(kernel_dirs=[spec_dir])
-    with open(log_path, "ab") as log:
-        for _ in range(sessions):
-            print(json.dumps(session(ksm, name, stall, log)), flush=True)
+    for _ in range(sessions):
+        with tempfile.NamedTemporaryFile(prefix="session-", suffix=".log", dir=log_dir, delete=False) as log:
+            result = session(ksm, name, stall, log)
+        if result["stalled"] or result.get("failed_start"):
+            result["log"] = log.name
+        else:
+            os.unlink(log.name)
+        print(json.dumps(result), flush=True)
     return 0
 
 
 def run(sessions: int, workers: int, stall: float, say: Any = print) -> Dict[str, Any]:
     """Start the sshd and kernelspecs, split the sessions among worker processes, count stalls."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
     with Bench(QUICK, ["warm"], say=say) as bench:
         spec = bench.specs["warm"]
         bench.prime(spec)  # agent cached, the host's ssh connection open: as for any later start
@@ -122,7 +145,7 @@ def run(sessions: int, workers: int, stall: float, say: Any = print) -> Dict[str
         shares = [sessions // workers + (1 if i < sessions % workers else 0) for i in range(workers)]
         procs = [subprocess.Popen(
             [sys.executable, "-m", "bench.stress", "--worker", spec_dir, "--kernel", spec.name,
-             "--sessions", str(share), "--stall", str(stall), "--log", str(bench.log_path)],
+             "--sessions", str(share), "--stall", str(stall), "--log", str(RESULTS)],
             cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
             for share in shares if share]
         results: List[Dict[str, Any]] = []
@@ -130,9 +153,11 @@ def run(sessions: int, workers: int, stall: float, say: Any = print) -> Dict[str
             out, _ = proc.communicate(timeout=sessions * (stall + 60.0))
             results.extend(json.loads(line) for line in out.splitlines() if line.startswith("{"))
         bench.stop_masters()
-    stalled = [r["stalled"] for r in results if r["stalled"]]
+    stalled = ["%s: see %s" % (r["stalled"], r["log"]) for r in results if r["stalled"]]
+    failed = [r["failed_start"] for r in results if r.get("failed_start")]
     ready = sorted(r["ready_s"] for r in results if "ready_s" in r)
     return {"sessions": len(results), "stalled": len(stalled), "stalled_steps": stalled,
+            "failed_starts": failed,
             "ready_median_s": ready[len(ready) // 2] if ready else None,
             "workers_ok": all(proc.returncode == 0 for proc in procs)}
 
@@ -154,10 +179,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = run(args.sessions, args.workers, args.stall, say)
     result["seconds"] = round(time.monotonic() - began, 1)
     print(json.dumps(result))
-    print("%d sessions in %.0f s (%d workers), %d stalled; median start %.2f s"
+    print("%d sessions in %.0f s (%d workers), %d stalled, %d failed to start; median start %.2f s"
           % (result["sessions"], result["seconds"], args.workers, result["stalled"],
-             result["ready_median_s"] or 0.0), file=sys.stderr)
-    return 0 if result["stalled"] == 0 and result["sessions"] == args.sessions else 1
+             len(result["failed_starts"]), result["ready_median_s"] or 0.0), file=sys.stderr)
+    for sentence in result["failed_starts"]:
+        print("  failed start: %s" % sentence, file=sys.stderr)
+    ok = result["stalled"] == 0 and not result["failed_starts"] and result["sessions"] == args.sessions
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import zmq
 from proxykernel.config import ConnectionFileError, load_connection_file
 from remote_agent.wire import Buffer
 
-__all__ = ["Frontend", "SocketReader", "load_connection_file", "ConnectionFileError"]
+__all__ = ["Frontend", "BindError", "SocketReader", "load_connection_file", "ConnectionFileError"]
 
 log = logging.getLogger("proxykernel")
 
@@ -104,6 +104,10 @@ class SocketReader:
         self.socket.close(linger=1000)
 
 
+class BindError(Exception):
+    """One of the kernel's ports cannot be bound; the message is the sentence for the user."""
+
+
 class Frontend:
     """Binds shell/control/stdin (ROUTER), iopub (XPUB) and hb (ROUTER echo) on Jupyter's ports."""
 
@@ -124,7 +128,14 @@ class Frontend:
             if kind == zmq.XPUB:
                 sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, to welcome each
                 sock.sndhwm = 0  # a slow frontend gets its output late, never lossy
-            sock.bind(self._url(channel))
+            try:
+                sock.bind(self._url(channel))
+            except zmq.ZMQError as error:
+                sock.close(linger=0)
+                self.close()
+                raise BindError("cannot listen on %s, the %s port Jupyter chose for this kernel: %s "
+                                "(another process took it after Jupyter picked it); start the kernel again"
+                                % (self._url(channel), channel, error.strerror)) from None
             self.readers[channel] = SocketReader(sock, self._handler(channel), loop)
 
     def _url(self, channel: str) -> str:

@@ -26,7 +26,7 @@ from proxykernel.config import (
     ssh_command,
     stop_master_command,
 )
-from proxykernel.frontend import Frontend
+from proxykernel.frontend import BindError, Frontend
 from proxykernel.link import (Action, Deliver, Exit, Fail, Flush, ForgetAgent, KillSsh, Link, OutputDropped,
                               RememberAgent, StartSsh, StopMaster, Wake)
 from proxykernel.transport import SSHTransport
@@ -89,7 +89,7 @@ class Proxy:
         try:
             info = load_connection_file(self.config.connection_file)
             self.frontend = Frontend(info, self.from_frontend, self.context)
-        except (ConnectionFileError, zmq.ZMQError) as error:
+        except (ConnectionFileError, BindError) as error:
             log.error("%s", error)
             if self.first_ssh is not None:
                 self.first_ssh.kill()
