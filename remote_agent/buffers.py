@@ -10,23 +10,34 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
-__all__ = ["DIRECT_FRAME", "FILL_AHEAD", "SCRATCH_SIZE", "ReceiveBuffer", "ReplayBuffer", "SendQueue", "Held"]
+__all__ = ["DIRECT_FRAME", "GROW_STEP", "SCRATCH_SIZE", "ReceiveBuffer", "ReplayBuffer", "SendQueue", "Held"]
 
 # A frame at least this big is read straight into one buffer of its own (read_buffer), so it is
 # never joined from many reads: one copy and its memory saved, for large outputs.
 DIRECT_FRAME = 1024 * 1024
-# That buffer is made only once 1/FILL_AHEAD of the frame has arrived (until then its bytes are kept
-# as read, like a small frame's), so memory never runs more than FILL_AHEAD times ahead of the bytes
-# received, whatever a (garbage) header claims. The frame is still read into one buffer, never joined
-# from many reads nor regrown: only its first eighth is copied in. (4 cost large frames ~20% in a
-# decode benchmark, 8 and 16 were within noise of allocating at the header.)
-FILL_AHEAD = 8
+# That buffer grows as the frame's bytes arrive, GROW_STEP at a time, so memory never runs more than
+# GROW_STEP ahead of the bytes received, whatever a (garbage) header claims. Growing a bytearray
+# reallocates in place where it can (glibc moves large blocks with mremap, no copy), and the frame is
+# still never joined from many reads.
+GROW_STEP = 1024 * 1024
 SCRATCH_SIZE = 256 * 1024  # what one read_buffer offers when no large frame is under way
 
 _Chunk = Union[bytes, bytearray]
 # A frame kept for replay: (seq, size on the wire, pieces). The pieces are the buffers it was made
 # of (its header, then each part's length and the part itself), never joined: no copy.
 Held = Tuple[int, int, Tuple[Any, ...]]
+
+
+def _zeros(count: int) -> bytes:
+    """``count`` zero bytes to grow a buffer by; one shared block (calloc'd pages: no memory until
+    written, and it is only ever read)."""
+    global _ZEROS
+    if len(_ZEROS) < count:
+        _ZEROS = bytes(GROW_STEP)
+    return _ZEROS if count == len(_ZEROS) else _ZEROS[:count]
+
+
+_ZEROS = b""
 
 
 class ReceiveBuffer:
@@ -49,6 +60,7 @@ class ReceiveBuffer:
         self.size = 0  # bytes in _chunks (a large frame being filled is not counted until complete)
         self._fill: Optional[bytearray] = None  # a large frame's own buffer, being read into
         self._filled = 0
+        self._fill_size = 0  # the size that frame's buffer grows to
 
     def append(self, data: _Chunk) -> None:
         """Bytes the owner read itself (``Connection.receive_data``); kept as they are, no copy."""
@@ -61,14 +73,24 @@ class ReceiveBuffer:
         """Where the owner's next read should go (``Connection.read_buffer``): the rest of a large
         frame's own buffer, else a scratch buffer. ``frame_size`` is the size of the frame whose
         header is buffered (0 if none), as the decoder read it from that header."""
-        if (self._fill is None and frame_size >= DIRECT_FRAME
-                and frame_size > self.size >= frame_size // FILL_AHEAD):
+        if self._fill is None and frame_size >= DIRECT_FRAME and frame_size > self.size:
             self._start_fill(frame_size)
         if self._fill is None:
             if self._scratch is None:
                 self._scratch = bytearray(SCRATCH_SIZE)
             return memoryview(self._scratch)
+        if self._filled == len(self._fill):
+            self._grow_fill(min(GROW_STEP, self._fill_size - self._filled))
         return memoryview(self._fill)[self._filled:]
+
+    def _grow_fill(self, count: int) -> None:
+        assert self._fill is not None
+        try:
+            self._fill.extend(_zeros(count))
+        except BufferError:  # the owner still holds a view of the last read_buffer: grow by a copy
+            grown = bytearray(len(self._fill) + count)
+            grown[:len(self._fill)] = self._fill
+            self._fill = grown
 
     def received_into(self, nbytes: int) -> bool:
         """``nbytes`` were read into the last ``read_buffer`` (``Connection.received_into``);
@@ -78,16 +100,17 @@ class ReceiveBuffer:
             self.append(bytes(memoryview(self._scratch)[:nbytes]))  # one copy (a slice would be two)
             return nbytes > 0
         self._filled += nbytes
-        if self._filled < len(self._fill):
+        if self._filled < self._fill_size:
             return False
         whole, self._fill = self._fill, None
         self.append(whole)
         return True
 
     def _start_fill(self, frame_size: int) -> None:
-        """1/FILL_AHEAD of a large frame is in: move it into a buffer of the frame's own size."""
+        """A large frame's header is in: its bytes so far move into a buffer of its own, which
+        ``read_buffer`` grows as the rest arrives."""
         # All that is buffered belongs to this frame: its end is not in yet.
-        fill = bytearray(frame_size)
+        fill = bytearray(min(frame_size, self.size + GROW_STEP))
         at = 0
         for index, chunk in enumerate(self._chunks):
             view = memoryview(chunk)[self._offset if index == 0 else 0:]
@@ -96,7 +119,7 @@ class ReceiveBuffer:
         self._chunks.clear()
         self._offset = 0
         self.size = 0
-        self._fill, self._filled = fill, at
+        self._fill, self._filled, self._fill_size = fill, at, frame_size
 
     # -- cutting frames ---------------------------------------------------------------------
     def peek(self, count: int) -> _Chunk:

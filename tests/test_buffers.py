@@ -110,19 +110,40 @@ def test_memory_follows_the_bytes_fed_not_the_lengths_claimed(
     assert peak <= len(data) + MARGIN, "%d bytes fed, %d allocated" % (len(data), peak)
 
 
-def test_a_large_frame_gets_its_own_buffer_only_once_a_fixed_share_of_it_arrived() -> None:
+def test_memory_stays_a_step_ahead_of_a_large_frame_that_is_still_arriving() -> None:
+    """A header claiming 64 MiB, then 10 MiB of its body: what is allocated follows the 10 MiB
+    (allocating at a fixed share of the claim, as an eighth, would take the whole 64 MiB here)."""
+    head = STREAM[:HELLO_END] + struct.pack(">IB", 64 * 1024 * 1024, 2)
+    data = head + b"\x00" * (10 * 1024 * 1024)
+    peak = traced_peak(lambda: read_until_error(wire.Connection(wire.Role.AGENT), data, cycle([1 << 16])))
+    assert peak <= len(data) + MARGIN, "%d bytes fed, %d allocated" % (len(data), peak)
+
+
+def test_a_large_frame_is_read_into_one_buffer_that_grows_as_its_bytes_arrive() -> None:
+    sender = wire.Connection(wire.Role.PROXY, session="s")
+    sender.send_hello()
+    sender.resume(0)
+    body = bytes(range(256)) * (12 * 1024 * 1024 // 256)
+    sender.send_data("iopub", [b"head", body])
+    data = sender.data_to_send()
     conn = wire.Connection(wire.Role.AGENT)
-    size = 32 * 1024 * 1024
-    conn.receive_data(STREAM[:HELLO_END] + struct.pack(">IB", size - 4, 2))
-    fed = 5
-    while fed * buffers.FILL_AHEAD < size:
+    at, events, offered = 0, [], []
+    while at < len(data):
         buffer = conn.read_buffer()
-        assert len(buffer) == buffers.SCRATCH_SIZE  # no buffer of the claimed size yet
-        count = min(len(buffer), 256 * 1024, size // buffers.FILL_AHEAD - fed)
+        offered.append(len(buffer))
+        count = min(len(buffer), 300 * 1024, len(data) - at)
+        buffer[:count] = data[at:at + count]
         del buffer
-        assert conn.received_into(count) == []
-        fed += count
-    assert len(conn.read_buffer()) == size - fed  # now the rest goes straight into the frame's own
+        at += count
+        events.extend(conn.received_into(count))
+    # Never more than a step ahead of what arrived: the scratch buffer, or the frame's own buffer
+    # grown by at most GROW_STEP beyond the bytes in it.
+    assert max(offered) <= max(buffers.GROW_STEP, buffers.SCRATCH_SIZE)
+    data_events = [e for e in events if isinstance(e, wire.ChannelData)]
+    assert len(data_events) == 1 and bytes(data_events[0].frames[1]) == body
+    part = data_events[0].frames[1]
+    assert isinstance(part, memoryview) and isinstance(part.obj, bytearray)  # a view of one buffer, no join
+    assert len(part.obj) < len(body) + 1024
 
 
 # -- the replay buffer on its own -----------------------------------------------------------------------
