@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import zmq
 
@@ -37,6 +37,31 @@ log = logging.getLogger("proxykernel")
 
 TICK = 0.25  # how often the link is polled (heartbeat, deadlines); it asks for finer wake-ups
 SSH_EXIT_GRACE = 5.0  # after EOF, how long the agent may take to stop its kernel and clean up
+
+
+class ParentWatch:
+    """Notices that the process which started the proxy (Jupyter) has died, as ipykernel's parent
+    poller does. Made by ``Proxy``; ``gone()`` is asked on every tick."""
+
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        self.ppid = os.getppid()
+        try:
+            self.parent = int(environ.get("JPY_PARENT_PID", "") or self.ppid)  # jupyter_client sets it
+        except ValueError:
+            self.parent = self.ppid
+
+    def gone(self) -> bool:
+        if os.getppid() != self.ppid:  # reparented: whoever started us has exited (safe from pid reuse)
+            return True
+        if self.parent in (self.ppid, 1):
+            return False
+        try:
+            os.kill(self.parent, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+        return False
 
 
 def _drop_notice(frames: int, nbytes: int, cap: int) -> str:
@@ -77,6 +102,7 @@ class Proxy:
         self.done: "asyncio.Future[int]" = self.loop.create_future()
         self._flush_scheduled = False
         self.ticker_handle: Optional[asyncio.TimerHandle] = None
+        self.parent = ParentWatch()
         # What runs each action of the link (as asyncssh dispatches packets: one table).
         self.handlers: Dict[type, Callable[[Any], None]] = {
             Deliver: self.to_frontend, Flush: self.schedule_flush, StartSsh: self.start_ssh,
@@ -126,6 +152,9 @@ class Proxy:
     def tick(self) -> None:
         """Every TICK: the link's heartbeat and deadlines."""
         self.ticker_handle = self.loop.call_later(TICK, self.tick)
+        if self.parent.gone():
+            self.parent_died()
+            return
         self.run_actions(self.link.poll(self.loop.time()))
 
     def wake_at(self, action: Wake) -> None:
@@ -246,6 +275,13 @@ class Proxy:
     def interrupt(self) -> None:
         log.info("interrupt: sending SIGINT to the remote kernel")
         self.run_actions(self.link.interrupt())
+
+    def parent_died(self) -> None:
+        """Jupyter died without stopping us (a crash, the OOM killer): leave as a dropped connection
+        does, so that nothing stays here and the remote kernel stops after ``--linger``."""
+        log.warning("the process that started this kernel (pid %d) has exited: detaching from the "
+                    "remote kernel, which stops after --linger (%.0f s)", self.parent.parent, self.config.linger)
+        self.finish(0)
 
     def shutdown(self) -> None:
         self.run_actions(self.link.shutdown(self.loop.time()))
