@@ -24,9 +24,9 @@ import sys
 import tempfile
 import time
 from queue import Empty
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 from bench.run import QUICK, ROOT, Bench
@@ -42,42 +42,28 @@ class Stalled(Exception):
     """A step of a session waited longer than the stall limit."""
 
 
-def _wait_reply(kc: BlockingKernelClient, sent: List[str], resend: Any, every: float, deadline: float,
-                step: str) -> Dict[str, Any]:
-    """Shell replies until one answers a request in ``sent``, resending every ``every`` s."""
+def _wait_for(get: Callable[..., Dict[str, Any]], matches: Callable[[Dict[str, Any]], bool], sent: List[str],
+              resend: Optional[Callable[[], str]], every: float, deadline: float, step: str) -> Dict[str, Any]:
+    """Messages from ``get`` (a client's shell or IOPub queue) until one for a request in ``sent``
+    that ``matches``; with ``resend``, the request is sent again every ``every`` s meanwhile."""
     next_send = time.monotonic() + every
     while True:
         now = time.monotonic()
         if now > deadline:
             raise Stalled(step)
-        if every and now >= next_send:
+        if resend is not None and now >= next_send:
             sent.append(resend())
             next_send = now + every
         try:
-            reply: Dict[str, Any] = kc.get_shell_msg(timeout=min(every or 0.2, max(deadline - now, 0.01)))
+            msg = get(timeout=min(every / 2, max(deadline - now, 0.01)))  # resends stay on time
         except Empty:
             continue
-        if reply["parent_header"].get("msg_id") in sent:
-            return reply
+        if msg["parent_header"].get("msg_id") in sent and matches(msg):
+            return msg
 
 
-def _wait_idle(kc: BlockingKernelClient, sent: List[str], resend: Any, deadline: float) -> None:
-    """IOPub until ``idle`` for one of ``sent``, resending every PASS_EVERY s."""
-    next_send = time.monotonic() + PASS_EVERY
-    while True:
-        now = time.monotonic()
-        if now > deadline:
-            raise Stalled("execute pass")
-        if now >= next_send:
-            sent.append(resend())
-            next_send = now + PASS_EVERY
-        try:
-            msg = kc.get_iopub_msg(timeout=PASS_EVERY / 2)
-        except Empty:
-            continue
-        if (msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
-                and msg["parent_header"].get("msg_id") in sent):
-            return
+def _is_idle(msg: Dict[str, Any]) -> bool:
+    return msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
 
 
 def session(ksm: KernelSpecManager, name: str, stall: float, log: Any) -> Dict[str, Any]:
@@ -91,12 +77,14 @@ def session(ksm: KernelSpecManager, name: str, stall: float, log: Any) -> Dict[s
     kc.start_channels(hb=False)
     try:
         info = [kc.kernel_info()]
-        _wait_reply(kc, info, kc.kernel_info, KERNEL_INFO_EVERY, time.monotonic() + 60.0, "kernel_info")
+        _wait_for(kc.get_shell_msg, lambda msg: True, info, kc.kernel_info, KERNEL_INFO_EVERY,
+                  time.monotonic() + 60.0, "kernel_info")
         result["ready_s"] = time.monotonic() - began
         run = lambda: kc.execute("pass", silent=True, store_history=False)  # noqa: E731
-        _wait_idle(kc, [run()], run, time.monotonic() + stall)
+        _wait_for(kc.get_iopub_msg, _is_idle, [run()], run, PASS_EVERY, time.monotonic() + stall, "execute pass")
         expr = [kc.execute("x = 1", user_expressions={"x": "x + 1"})]
-        reply = _wait_reply(kc, expr, None, 0.0, time.monotonic() + stall, "user_expressions")
+        reply = _wait_for(kc.get_shell_msg, lambda msg: True, expr, None, 0.2, time.monotonic() + stall,
+                          "user_expressions")
         if reply["content"]["user_expressions"]["x"]["data"]["text/plain"] != "2":
             raise Stalled("wrong user_expressions reply")
     except Stalled as stalled:
