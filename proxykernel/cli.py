@@ -6,6 +6,7 @@ Same flags and meaning as the older ``ssh_ipykernel`` (``--host``, ``--python``,
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
@@ -77,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     survive.add_argument("--no-connection-sharing", action="store_true",
                          help="do not share one ssh ControlMaster per host among kernels, restarts and "
                               "reconnects (one is used by default unless your ssh config sets ControlPath)")
+    outlive = parser.add_argument_group("outliving the frontend")
+    outlive.add_argument("--session", metavar="NAME",
+                         help="the session this kernel belongs to, for frontends that pass no "
+                              "JPY_SESSION_NAME (nbclient, jupyter console): a start for a session whose "
+                              "kernel still lingers on the remote reattaches to it")
+    outlive.add_argument("--no-reattach", action="store_true",
+                         help="always start a new kernel, even when the notebook's previous one lingers")
+    outlive.add_argument("--persistent", action="store_true",
+                         help="a shutdown from the frontend (closing the notebook, stopping Jupyter) "
+                              "detaches and leaves the kernel running; the next start reattaches")
+    outlive.add_argument("--persistent-linger", type=float, default=86400.0, metavar="S",
+                         help="how long a persistent kernel waits with no frontend (default: a day)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO")
     parser.add_argument("--agent-source", help=argparse.SUPPRESS)  # tests ship a modified agent
@@ -107,7 +120,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                          reconnect_timeout=args.reconnect_timeout, linger=args.linger,
                          buffer_size=int(args.buffer_size * 1024 * 1024),
                          share_connection=not args.no_connection_sharing,
-                         connection_persist=args.connection_persist)
+                         connection_persist=args.connection_persist,
+                         session=args.session or os.environ.get("JPY_SESSION_NAME") or None,
+                         reattach=not args.no_reattach, persistent=args.persistent,
+                         persistent_linger=args.persistent_linger)
 
     # ssh first: its handshake (~0.2 s) then overlaps the imports of asyncio, zmq and tornado.
     first_ssh, control, failure = None, None, None

@@ -18,7 +18,7 @@ from proxykernel.bootstrap import agent_bundle, remote_command
 from proxykernel.ssh import SSHOptions, config_args, ssh_argv
 from remote_agent.paths import runtime_dir  # the same 0700 per-user directory, on this side
 
-__all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "ssh_command",
+__all__ = ["ProxyConfig", "ConnectionFileError", "load_connection_file", "kernel_id", "agent_id", "ssh_command",
            "control_path", "agent_memo_path", "stop_master_command"]
 
 # OpenSSH's own default cipher order (6.9 to 9.x): ssh -G shows it when the user set no Ciphers.
@@ -75,6 +75,26 @@ class ProxyConfig:
     buffer_size: int = 256 * 1024 * 1024  # replay buffer cap, each side, in bytes
     share_connection: bool = True  # our own ControlMaster, unless the user's config has one
     connection_persist: float = 60.0  # seconds our master outlives its last session
+    session: Optional[str] = None  # the notebook (JPY_SESSION_NAME) or --session: a start for it reattaches
+    reattach: bool = True  # --no-reattach: every start gets a kernel of its own
+    persistent: bool = False  # a frontend's shutdown detaches; the next start of the session reattaches
+    persistent_linger: float = 86400.0  # how long a persistent kernel waits with no proxy attached
+
+    @property
+    def agent_linger(self) -> float:
+        """How long the remote agent keeps the kernel with no proxy attached."""
+        return self.persistent_linger if self.persists else self.linger
+
+    @property
+    def persists(self) -> bool:
+        """Does a shutdown from the frontend detach? Only a kernel that a later start can find
+        again (a session name, reattach on) is left running."""
+        return self.persistent and self.reattaches
+
+    @property
+    def reattaches(self) -> bool:
+        """Is this kernel named after its session, so that a later start for it reattaches?"""
+        return self.reattach and bool(self.session)
 
 
 def kernel_id(key: str, connection_file: str) -> str:
@@ -82,6 +102,17 @@ def kernel_id(key: str, connection_file: str) -> str:
     key), different for every other kernel, and revealing nothing about the key."""
     digest = hashlib.sha256(b"proxykernel\0%s\0%s" % (key.encode(), os.path.abspath(connection_file).encode()))
     return digest.hexdigest()[:24]
+
+
+def agent_id(config: ProxyConfig, key: str) -> str:
+    """Names the remote agent ``ssh_command`` reaches: after the session (the notebook) and every
+    setting that shapes its kernel, so that a start for the same notebook through the same
+    kernelspec finds the kernel that lingers for it; else one agent per connection file."""
+    if not config.reattaches:
+        return kernel_id(key, config.connection_file)
+    settings = _target_digest(config, config.python, config.sudo, config.workdir or "", config.pre_command or "",
+                              sorted(config.env.items()), config.transport, config.session)
+    return hashlib.sha256(b"proxykernel-session\0" + settings.encode()).hexdigest()[:24]
 
 
 @lru_cache(maxsize=8)
@@ -172,8 +203,8 @@ def agent_memo_path(config: ProxyConfig) -> str:
 
 def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None) -> List[str]:
     """The ssh argv that boots (or re-attaches to) this kernel's remote agent."""
-    agent_args = ["--id", kernel_id(key, config.connection_file),
-                  "--linger", "%g" % config.linger, "--buffer", str(config.buffer_size),
+    agent_args = ["--id", agent_id(config, key),
+                  "--linger", "%g" % config.agent_linger, "--buffer", str(config.buffer_size),
                   "--ping", "%g" % config.heartbeat_interval, "--dead", "%g" % config.heartbeat_timeout]
     command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
                              pre_command=config.pre_command, workdir=config.workdir)

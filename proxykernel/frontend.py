@@ -13,7 +13,8 @@ import hmac
 import json
 import logging
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
 import zmq
 
@@ -23,6 +24,8 @@ from remote_agent.wire import Buffer
 __all__ = ["Frontend", "BindError", "SocketReader", "load_connection_file", "ConnectionFileError"]
 
 log = logging.getLogger("proxykernel")
+
+HELD_IOPUB = 10000  # IOPub messages kept for the first subscriber, the newest ones
 
 class MessageSigner:
     """Makes the few Jupyter messages the proxy itself sends, signed as jupyter_client.Session
@@ -41,10 +44,23 @@ class MessageSigner:
                   "username": "proxykernel", "session": self.session, "version": "5.3",
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         parts = [json.dumps(part).encode() for part in (header, parent or {}, {}, content)]
+        return [b"<IDS|MSG>", self.sign(parts)] + parts
+
+    def sign(self, parts: Sequence[Buffer]) -> bytes:
+        """The signature of a message's header, parent, metadata and content."""
+        if not self.key:
+            return b""
         signature = hmac.new(self.key, digestmod=self.digest)
         for part in parts:
             signature.update(part)
-        return [b"<IDS|MSG>", signature.hexdigest().encode() if self.key else b""] + parts
+        return signature.hexdigest().encode()
+
+    def verify(self, frames: Sequence[Buffer]) -> bool:
+        """Was the message in ``frames`` (routing ids first) signed with this key?"""
+        for at, part in enumerate(frames):
+            if len(part) == 9 and bytes(part) == b"<IDS|MSG>" and len(frames) >= at + 6:
+                return hmac.compare_digest(bytes(frames[at + 1]), self.sign(frames[at + 2:at + 6]))
+        return False
 
 
 MessageHandler = Callable[[str, List[bytes]], None]
@@ -117,6 +133,8 @@ class Frontend:
         self.info = info
         self.on_message = on_message
         self.answer_heartbeat = True
+        # IOPub messages from the kernel while no frontend has subscribed yet (None once one has).
+        self.held_iopub: Optional[Deque[List[bytes]]] = deque(maxlen=HELD_IOPUB)
         self.signer = MessageSigner(str(info["key"]).encode(),
                                     str(info.get("signature_scheme", "hmac-sha256")))
         loop = asyncio.get_running_loop()
@@ -164,6 +182,13 @@ class Frontend:
         for frame in frames:
             if frame[:1] == b"\x01":
                 self._welcome(frame[1:])
+                self._release_iopub()
+
+    def _release_iopub(self) -> None:
+        """The first subscriber is there: publish what the kernel said before anyone listened."""
+        held, self.held_iopub = self.held_iopub, None
+        for frames in held or ():
+            self.readers["iopub"].send(frames)
 
     def _welcome(self, topic: bytes) -> None:
         """What ipykernel's XPUB does: ``jupyter_client`` waits for IOPub traffic when it connects."""
@@ -177,10 +202,15 @@ class Frontend:
         except (ValueError, IndexError):
             parent = {}
         frames = self.signer.message("stream", {"name": "stderr", "text": text}, parent)
-        self.readers["iopub"].send([b"stream"] + frames)
+        self.send("iopub", [b"stream"] + frames)
 
     def send(self, channel: str, frames: Sequence[Buffer]) -> None:
-        """Deliver a kernel message: on routed channels ``frames[0]`` is the frontend's identity."""
+        """Deliver a kernel message: on routed channels ``frames[0]`` is the frontend's identity.
+        IOPub output that comes before any frontend subscribed is held for the first one (after a
+        reattach, the output produced while no frontend was there), where a PUB would drop it."""
+        if channel == "iopub" and self.held_iopub is not None:
+            self.held_iopub.append([bytes(frame) for frame in frames])  # views of buffers that move on
+            return
         reader = self.readers.get(channel)
         if reader is not None and channel != "hb":
             reader.send(frames)

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from proxykernel.bootstrap import BootReader, BootReply, boot_error
 from proxykernel.config import ProxyConfig
+from proxykernel.session import ready_sentence
 from proxykernel.ssh import explain_ssh_failure
 from remote_agent import wire
 
@@ -411,9 +412,7 @@ class Link:
             return self._hello(event, now)
         if isinstance(event, wire.Ready):
             self.ready = True
-            get = event.info.get
-            log.info("kernel ready in %.2f s: ipykernel %s, Python %s on %s (pid %s)", now - self.started_at,
-                     get("ipykernel"), get("python"), get("hostname"), get("pid"))
+            log.info("%s", ready_sentence(event.info, now - self.started_at))
         elif isinstance(event, wire.Pong) and self.heartbeat is not None:
             self.heartbeat.pong(event.timestamp, now)
         elif isinstance(event, wire.LogLine):

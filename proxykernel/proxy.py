@@ -27,9 +27,10 @@ from proxykernel.config import (
     stop_master_command,
 )
 from proxykernel.frontend import BindError, Frontend
+from proxykernel.session import age, shutdown_reply
 from proxykernel.link import (Action, Deliver, Exit, Fail, Flush, ForgetAgent, KillSsh, Link, OutputDropped,
                               RememberAgent, StartSsh, StopMaster, Wake)
-from proxykernel.transport import SSHTransport
+from proxykernel.transport import SSHTransport, run_briefly
 
 __all__ = ["ProxyConfig", "Proxy", "kernel_id"]
 
@@ -70,6 +71,23 @@ def _drop_notice(frames: int, nbytes: int, cap: int) -> str:
             % (frames, nbytes / 1e6, cap // (1024 * 1024)))
 
 
+def _touch(path: str) -> None:
+    """The agent memo: the remote cache has this agent (``RememberAgent``)."""
+    try:
+        with open(path, "w"):
+            pass
+    except OSError:
+        pass  # the next start sends the agent along again: slower, no worse
+
+
+def _remove(path: str) -> None:
+    """The agent memo was wrong (``ForgetAgent``)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class Proxy:
     """One proxied kernel: the glue between the frontends (``Frontend``), the link (``Link``, which
     decides) and the ssh that carries it (``SSHTransport``). ``run()`` returns the exit code.
@@ -107,8 +125,8 @@ class Proxy:
         self.handlers: Dict[type, Callable[[Any], None]] = {
             Deliver: self.to_frontend, Flush: self.schedule_flush, StartSsh: self.start_ssh,
             KillSsh: self.kill_ssh, StopMaster: self.stop_master_soon, Wake: self.wake_at,
-            OutputDropped: self.output_dropped, RememberAgent: self.remember_agent,
-            ForgetAgent: self.forget_agent, Exit: self.exited, Fail: self.failed}
+            OutputDropped: self.output_dropped, RememberAgent: lambda _: _touch(self.agent_memo),
+            ForgetAgent: lambda _: _remove(self.agent_memo), Exit: self.exited, Fail: self.failed}
 
     async def run(self) -> int:
         loop = self.loop
@@ -121,7 +139,11 @@ class Proxy:
                 self.first_ssh.kill()
                 self.first_ssh.wait()
             return 1
-        start_config = {"key": str(info["key"]), "env": self.config.env,
+        env = dict(self.config.env)
+        if self.config.session:
+            env.setdefault("JPY_SESSION_NAME", self.config.session)  # as Jupyter gives a local kernel
+        start_config = {"key": str(info["key"]), "env": env,
+                        "session": self.config.session, "reattach": self.config.reattaches,
                         "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
                         "kernel_name": info.get("kernel_name", ""), "transport": self.config.transport}
         self.argv = ssh_command(self.config, str(info["key"]), self.control)
@@ -191,22 +213,7 @@ class Proxy:
 
     def stop_master_soon(self, _: StopMaster) -> None:
         if self.control:
-            asyncio.ensure_future(self.stop_master())
-
-    async def stop_master(self) -> None:
-        """``ssh -O exit`` for our ControlMaster; quick, local (a unix socket), and bounded."""
-        assert self.control is not None
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *stop_master_command(self.config, self.control), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        except OSError:
-            return
-        try:
-            await asyncio.wait_for(process.wait(), 3.0)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
+            asyncio.ensure_future(run_briefly(stop_master_command(self.config, self.control), 3.0))
 
     def ssh_buffer(self, transport: SSHTransport) -> memoryview:
         """Where the next read from ssh goes: the link's buffers, for the current ssh."""
@@ -229,23 +236,29 @@ class Proxy:
         if not self.done.done() and transport is self.ssh:
             self.run_actions(self.link.ssh_exited(code, self.loop.time()))
 
-    # -- the agent memo ----------------------------------------------------------------------
-    def remember_agent(self, _: RememberAgent) -> None:
-        try:
-            with open(self.agent_memo, "w"):
-                pass
-        except OSError:
-            pass  # the next start sends the agent along again: slower, no worse
-
-    def forget_agent(self, _: ForgetAgent) -> None:
-        try:
-            os.unlink(self.agent_memo)
-        except OSError:
-            pass
-
     # -- the frontends -----------------------------------------------------------------------
     def from_frontend(self, channel: str, frames: List[bytes]) -> None:
+        if channel == "control" and self.config.persists and self.detach_on_shutdown(frames):
+            return
         self.run_actions(self.link.send(channel, frames))
+
+    def detach_on_shutdown(self, frames: List[bytes]) -> bool:
+        """``--persistent``: a frontend's shutdown (not a restart) is answered here, and the proxy
+        detaches: the kernel keeps running for the next start of its session."""
+        assert self.frontend is not None
+        reply = shutdown_reply(frames, self.frontend.signer)
+        if reply is not None:
+            self.frontend.send("control", reply)
+            self.detach("shutdown requested")
+        return reply is not None
+
+    def detach(self, why: str) -> None:
+        """Leave the kernel running on the remote (--persistent): end this proxy as a dropped
+        connection would, so the next start for the session reattaches."""
+        log.info("%s: detaching (--persistent); the kernel of %s keeps running on %s for up to %s "
+                 "with no frontend ('proxykernel ps %s' lists it)", why, self.config.session, self.config.host,
+                 age(self.config.agent_linger), self.config.host)
+        self.finish(0)
 
     def to_frontend(self, action: Deliver) -> None:
         if self.frontend is None:
@@ -284,7 +297,10 @@ class Proxy:
         self.finish(0)
 
     def shutdown(self) -> None:
-        self.run_actions(self.link.shutdown(self.loop.time()))
+        if self.config.persists:
+            self.detach("SIGTERM")
+        else:
+            self.run_actions(self.link.shutdown(self.loop.time()))
 
     def fail(self, sentence: str) -> None:
         """A failure of the proxy's own (ssh would not run): ended through the link, as its own."""
@@ -307,8 +323,10 @@ class Proxy:
     async def close(self) -> None:
         if self.ssh is not None:
             if self.link.linked:
-                # Deliver the last frames, then EOF: the remote side of this session ends and ssh
-                # exits by itself (the agent has already stopped, or lingers by design).
+                # Acknowledge all output received (a reattach later resends only what no frontend
+                # saw), deliver the last frames, then EOF: the remote side of this session ends and
+                # ssh exits by itself (the agent has already stopped, or lingers by design).
+                self.link.conn.send_ack()
                 self.flush()
                 self.ssh.close_input()
                 await self.ssh.wait(SSH_EXIT_GRACE)

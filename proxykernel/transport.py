@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 
 from proxykernel.ssh import spawn_ssh
 
-__all__ = ["SSHTransport"]
+__all__ = ["SSHTransport", "run_briefly"]
 
 # Linux's F_SETPIPE_SZ (named in Python 3.10+). Other systems have no such call (macOS grows a
 # pipe's buffer by itself), and 1031 may mean something else there: None, not tried.
@@ -183,3 +183,19 @@ class SSHTransport:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+async def run_briefly(argv: List[str], seconds: float) -> None:
+    """Run a quick local command (``ssh -O exit`` for our ControlMaster: a unix socket away) with no
+    input or output, killed if it takes longer than ``seconds``. Called by ``Proxy.stop_master_soon``."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+    except OSError:
+        return
+    try:
+        await asyncio.wait_for(process.wait(), seconds)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()

@@ -21,6 +21,8 @@ from remote_agent import wire
 from remote_agent.handoff import log as log_line
 from remote_agent.kernel import DRAIN_SECONDS, Kernel, ipykernel_greets
 from remote_agent.link import FirstLink
+from remote_agent.reattach import carry_over, reattaches, signer
+from remote_agent.resign import Resigner
 from remote_agent.routing import Router
 from remote_agent.stream import Stream
 
@@ -176,7 +178,11 @@ class Agent:
 
     # -- the kernel, as the proxy sees it ----------------------------------------------------
     def start(self, config: Dict[str, Any]) -> None:
-        """A new proxy's start: hand over a fresh pre-started kernel, or start one."""
+        """A new proxy's start: reattach to the kernel of its session, hand over a fresh pre-started
+        kernel, or start one."""
+        if reattaches(self.kernel.config, config, self.kernel.running):
+            self.reattach(config)
+            return
         same_kernel = config.get("key") == self.kernel.config.get("key")
         if self.kernel.running and not self.router.used and same_kernel:
             assert self.kernel.process is not None
@@ -187,6 +193,20 @@ class Agent:
         self.kernel.exited_code = None
         if self.kernel.process is not None:
             self.conn.send_ready(self.kernel.ready_info())
+
+    def reattach(self, config: Dict[str, Any]) -> None:
+        """A start for the session of the running kernel, under a new key (``reattach``): keep the
+        kernel, re-sign between the keys, and resend the output the previous frontend missed."""
+        assert self.kernel.process is not None
+        previous, new = signer(self.kernel.config), signer(config)
+        self.router.resigner = Resigner(frontend=new, kernel=signer(self.router.info), report=self.log)
+        self.kernel.config = config  # a restart from here on starts its kernel with the new key
+        info = dict(self.kernel.ready_info(), reattached=time.time() - self.kernel.started)
+        self.conn.send_ready(info)
+        missed = self.stream.replay_at_attach
+        count = carry_over(missed.unacked, self.conn, previous, new, self.log) if missed is not self.conn.replay else 0
+        self.log("reattached for %s: resent %d output messages the previous frontend had not received"
+                 % (config.get("session"), count))
 
     def launch_kernel(self, config: Optional[Dict[str, Any]] = None) -> None:
         """Start a kernel for ``config`` (None: the same again, for a restart) and open its sockets."""

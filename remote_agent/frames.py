@@ -24,7 +24,7 @@ __all__ = [
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "VersionMismatch",
     "Hello", "ChannelData", "Ack", "Ping", "Pong", "Start", "Ready", "Interrupt", "Shutdown",
     "KernelExited", "ErrorReport", "LogLine", "Skipped", "Noise", "Event", "Buffer",
-    "read_header", "parse_hello", "parse", "encode", "encode_data", "encode_hello", "encode_json",
+    "read_header", "parse_hello", "parse", "encode", "encode_data", "data_message", "encode_hello", "encode_json",
     "encode_ack", "encode_time", "encode_exit_code", "encode_text", "encode_skip",
 ]
 
@@ -326,6 +326,13 @@ def encode_data(channel: str, seq: int, frames: Sequence[Buffer]) -> Tuple[int, 
         raise LocalProtocolError("a message of %d bytes exceeds the %d-byte frame limit" % (size, MAX_FRAME))
     pieces[0] = HEADER.pack(size + 1, Kind.DATA)
     return size + HEADER.size, tuple(pieces)
+
+
+def data_message(pieces: Tuple[Any, ...]) -> Tuple[str, List[Any]]:
+    """The channel and parts of a data frame that ``encode_data`` made (a replay buffer's entry),
+    for the agent to send them again in a new session (a reattach)."""
+    channel_id, _, _ = _DATA_HEAD.unpack(pieces[1])
+    return CHANNELS[channel_id], list(pieces[3::2])
 
 
 def encode_hello(role: str, session: str, capabilities: Sequence[str], received: int) -> bytes:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -151,6 +152,7 @@ class Kernel:
         self.connection_dir: Optional[str] = None
         self.connection_info: Dict[str, Any] = {}
         self.launched_ahead: Optional[Launch] = None  # by the daemon, for the first Start frame
+        self.started = 0.0  # when the running kernel was launched (wall clock: for the proxy and ps)
         self._stderr_tail = b""
         self._retired: List[Tuple["subprocess.Popen[bytes]", float]] = []  # (old kernel, when to kill it)
 
@@ -178,6 +180,7 @@ class Kernel:
         self.connection_dir = launch.connection_dir
         self.connection_info = launch.connection_info
         self.process = launch.process
+        self.started = time.time()
         return launch.error
 
     def discard_ahead(self) -> None:
@@ -192,7 +195,8 @@ class Kernel:
         return {"pid": self.process.pid, "hostname": socket.gethostname(),
                 "python": sys.version.split()[0], "executable": sys.executable,
                 "ipykernel": _ipykernel_version(), "transport": self.connection_info.get("transport"),
-                "connection_dir": self.connection_dir, "agent_pid": os.getpid()}
+                "connection_dir": self.connection_dir, "agent_pid": os.getpid(), "started": self.started,
+                "session": self.config.get("session")}
 
     def read_stderr(self) -> Optional[List[str]]:
         """The kernel's stderr (warnings, a crash's traceback) by whole lines, for the proxy's log;

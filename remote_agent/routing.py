@@ -18,6 +18,7 @@ import zmq
 
 from remote_agent import peek, wire
 from remote_agent.kernel import channel_url
+from remote_agent.resign import Resigner
 
 __all__ = ["Router", "REQUEST_CHANNELS"]
 
@@ -51,6 +52,7 @@ class Router:
         self.subscribed = True  # our SUB is known to hear the kernel; else requests wait in held
         self.held: List[wire.ChannelData] = []
         self.opened_at = 0.0
+        self.resigner: Optional[Resigner] = None  # set for a kernel reattached under a new key
         # (channel, frontend identity) -> DEALER, and back: replies go to the frontend that asked.
         self.dealers: Dict[Tuple[str, bytes], zmq.Socket[bytes]] = {}
         self.routes: Dict[zmq.Socket[bytes], Tuple[str, bytes]] = {}
@@ -59,6 +61,7 @@ class Router:
         """A kernel was launched with connection ``info``: subscribe to its IOPub. If it ``greets``
         subscribers, requests wait for its welcome (or WELCOME_WAIT after ``now``)."""
         self.info = info
+        self.resigner = None
         self.live = True
         self.used = False
         self.restart_expected = False
@@ -111,6 +114,11 @@ class Router:
             self.held.append(event)
             return
         identity, frames = bytes(event.frames[0]), list(event.frames[1:])
+        if self.resigner is not None:
+            resigned = self.resigner.to_kernel(frames)
+            if resigned is None:
+                return
+            frames = resigned
         self.used = True
         if event.channel == "control":
             restart = peek.restart_requested(frames)
@@ -155,10 +163,12 @@ class Router:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            buffers: List[wire.Buffer] = [frame.buffer for frame in frames]
-            self.conn.send_data(channel, [identity] + buffers)
+            relayed = self.to_frontend([frame.buffer for frame in frames])
+            if relayed is None:
+                continue
+            self.conn.send_data(channel, [identity] + relayed)
             if (channel == "control" and self.restart_expected
-                    and b'"shutdown_reply"' in peek.message_part(buffers, 1)):
+                    and b'"shutdown_reply"' in peek.message_part(relayed, 1)):
                 self.on_restart()
                 return
 
@@ -175,7 +185,14 @@ class Router:
             if not self.welcomed and peek.is_welcome(buffers):
                 self.welcomed = True
                 continue
-            self.conn.send_data("iopub", buffers)
+            relayed = self.to_frontend(buffers)
+            if relayed is not None:
+                self.conn.send_data("iopub", relayed)
+
+    def to_frontend(self, buffers: List[wire.Buffer]) -> Optional[List[wire.Buffer]]:
+        """A kernel's message as the frontend must see it: as it came, or re-signed with the
+        frontend's key after a reattach (None: it failed the kernel's own signature check)."""
+        return buffers if self.resigner is None else self.resigner.to_frontend(buffers)
 
     def drain(self, seconds: float) -> None:
         """Relay what the kernel sent just before exiting (a shutdown_reply, the last output).

@@ -91,6 +91,7 @@ class Stream:
         self.link: Optional[Link] = None
         self.heartbeat: Optional[wire.Heartbeat] = None
         self.outbox = Outbox()
+        self.replay_at_attach = conn.replay
         self.detached_since = time.monotonic()
 
     def watch(self) -> Optional[Link]:
@@ -129,6 +130,7 @@ class Stream:
     def attach(self, link: Link, now: float) -> None:
         """Take ``link`` as the stream, heard from at ``now`` (also for the daemon's first link)."""
         self.link = link
+        self.replay_at_attach = self.conn.replay  # a new proxy's hello replaces it (see Agent.reattach)
         # attach's end of the control socket: it closes only if attach dies (its ssh session is over).
         self.poller.register(link.control.fileno(), zmq.POLLIN)
         self.heartbeat = wire.Heartbeat(self.options.ping, self.options.dead, now)

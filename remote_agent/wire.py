@@ -127,7 +127,7 @@ class Connection:
             self._out.data(seq)
         return seq
 
-    def _send_ack(self) -> None:
+    def send_ack(self) -> None:
         self.acked_received = self.received_seq
         self._bytes_since_ack = 0
         self._out.control(frames.encode_ack(self.received_seq))
@@ -245,7 +245,7 @@ class Connection:
             self._fail(error)
         if (self.received_seq - self.acked_received >= ACK_EVERY_FRAMES
                 or self._bytes_since_ack >= ACK_EVERY_BYTES):
-            self._send_ack()  # lets the peer free its replay copies; no owner needs to ask
+            self.send_ack()  # lets the peer free its replay copies; no owner needs to ask
         return events
 
     def _find_magic(self, events: List[Event]) -> bool:

@@ -95,7 +95,7 @@ def send_everything(sender: wire.Connection, big: bool) -> List[wire.Event]:
     for channel, parts in data_cases(big):
         expected.append(wire.ChannelData(channel, sender.send_data(channel, parts), parts))
     # (A ping is no event: the receiving Connection answers it itself.)
-    controls = [("_send_ack", (), wire.Ack(0)), ("send_ping", (12.5,), None),
+    controls = [("send_ack", (), wire.Ack(0)), ("send_ping", (12.5,), None),
                 ("_send_pong", (-0.25,), wire.Pong(-0.25)), ("send_start", (CONFIG,), wire.Start(CONFIG)),
                 ("send_ready", ({"pid": 4242},), wire.Ready({"pid": 4242})),
                 ("send_interrupt", (), wire.Interrupt()), ("send_shutdown", (), wire.Shutdown()),
@@ -333,7 +333,7 @@ def test_unacked_holds_data_until_an_ack_covers_it() -> None:
     assert seqs(proxy) == [1, 2, 3] and proxy.replay.unacked_bytes == sum(map(len, frames))
     for upto, left in [(2, [3]), (2, [3]), (3, [])]:  # the repeated ack must change nothing
         agent.receive_data(b"".join(frames[agent.received_seq:upto]))
-        agent._send_ack()
+        agent.send_ack()
         assert proxy.receive_data(agent.data_to_send()) == [wire.Ack(upto)]
         assert seqs(proxy) == left and [joined(p) for _, _, p in proxy.unacked] == frames[upto:]
     assert proxy.replay.unacked_bytes == 0
