@@ -133,7 +133,9 @@ class Frontend:
         self.info = info
         self.on_message = on_message
         self.answer_heartbeat = True
-        # IOPub messages from the kernel while no frontend has subscribed yet (None once one has).
+        # IOPub messages from the kernel until a subscribed frontend sends its first request (None
+        # after that), so the output a reattached kernel produced meanwhile reaches a frontend.
+        self.subscribed = False
         self.held_iopub: Optional[Deque[List[bytes]]] = deque(maxlen=HELD_IOPUB)
         self.signer = MessageSigner(str(info["key"]).encode(),
                                     str(info.get("signature_scheme", "hmac-sha256")))
@@ -169,6 +171,8 @@ class Frontend:
             return self._on_heartbeat
 
         def relay(frames: List[bytes]) -> None:
+            if self.subscribed and self.held_iopub is not None and channel in ("shell", "control"):
+                self._release_iopub()
             self.on_message(channel, frames)
         return relay
 
@@ -182,10 +186,12 @@ class Frontend:
         for frame in frames:
             if frame[:1] == b"\x01":
                 self._welcome(frame[1:])
-                self._release_iopub()
+                self.subscribed = True
 
     def _release_iopub(self) -> None:
-        """The first subscriber is there: publish what the kernel said before anyone listened."""
+        """A subscribed frontend sent its first request: publish what the kernel said before. Not
+        at the first subscription: Jupyter Server's own activity watcher subscribes at once, the
+        notebook's connection later, and sends a kernel_info_request as soon as it listens."""
         held, self.held_iopub = self.held_iopub, None
         for frames in held or ():
             self.readers["iopub"].send(frames)
@@ -206,7 +212,7 @@ class Frontend:
 
     def send(self, channel: str, frames: Sequence[Buffer]) -> None:
         """Deliver a kernel message: on routed channels ``frames[0]`` is the frontend's identity.
-        IOPub output that comes before any frontend subscribed is held for the first one (after a
+        IOPub output that comes before a subscribed frontend's first request is held for it (after a
         reattach, the output produced while no frontend was there), where a PUB would drop it."""
         if channel == "iopub" and self.held_iopub is not None:
             self.held_iopub.append([bytes(frame) for frame in frames])  # views of buffers that move on

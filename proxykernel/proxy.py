@@ -144,6 +144,7 @@ class Proxy:
             env.setdefault("JPY_SESSION_NAME", self.config.session)  # as Jupyter gives a local kernel
         start_config = {"key": str(info["key"]), "env": env,
                         "session": self.config.session, "reattach": self.config.reattaches,
+                        "persistent": self.config.persists,
                         "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
                         "kernel_name": info.get("kernel_name", ""), "transport": self.config.transport}
         self.argv = ssh_command(self.config, str(info["key"]), self.control)

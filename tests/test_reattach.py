@@ -71,7 +71,7 @@ class Jupyter:
 def client(connection_file: str) -> BlockingKernelClient:
     kc = BlockingKernelClient()
     kc.load_connection_file(connection_file)
-    kc.start_channels()
+    kc.start_channels(hb=False)  # a heartbeat 1 s late on a loaded machine is not a dead kernel
     kc.wait_for_ready(timeout=60)
     return kc
 
