@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Dict, List, Optional
 
+from proxykernel.batch import batch_command
 from proxykernel.bootstrap import agent_bundle, remote_command
 from proxykernel.ssh import SSHOptions, config_args, ssh_argv
 from remote_agent.paths import runtime_dir  # the same 0700 per-user directory, on this side
@@ -75,6 +76,8 @@ class ProxyConfig:
     buffer_size: int = 256 * 1024 * 1024  # replay buffer cap, each side, in bytes
     share_connection: bool = True  # our own ControlMaster, unless the user's config has one
     connection_persist: float = 60.0  # seconds our master outlives its last session
+    slurm: Optional[str] = None  # sbatch options: the kernel runs in a Slurm job (proxykernel/batch.py)
+    queue_timeout: Optional[float] = None  # cancel a job still waiting in the queue after this long
 
 
 def kernel_id(key: str, connection_file: str) -> str:
@@ -170,13 +173,19 @@ def agent_memo_path(config: ProxyConfig) -> str:
     return os.path.join(runtime_dir(), "agent-" + digest)
 
 
-def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None) -> List[str]:
-    """The ssh argv that boots (or re-attaches to) this kernel's remote agent."""
-    agent_args = ["--id", kernel_id(key, config.connection_file),
+def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None,
+                job: Optional[str] = None) -> List[str]:
+    """The ssh argv that boots (or re-attaches to) this kernel's remote agent; with ``--slurm``,
+    through the kernel's batch job (``job``: the one a reconnect must find, not replace)."""
+    kernel = kernel_id(key, config.connection_file)
+    agent_args = ["--id", kernel,
                   "--linger", "%g" % config.linger, "--buffer", str(config.buffer_size),
                   "--ping", "%g" % config.heartbeat_interval, "--dead", "%g" % config.heartbeat_timeout]
-    command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
-                             pre_command=config.pre_command, workdir=config.workdir)
+    if config.slurm is not None:
+        command = batch_command(config, agent_bundle(config.agent_source), agent_args, kernel, job)
+    else:
+        command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
+                                 pre_command=config.pre_command, workdir=config.workdir)
     ours: List[str] = []  # after the user's own -o options, which win (ssh takes the first value)
     if control:
         ours += ["ControlMaster=auto", "ControlPath=" + control,

@@ -1,0 +1,98 @@
+"""A kernel in a batch job (``--slurm``), on the local side: the command each ssh session runs on
+the login host, and what the login host says about the job, as log sentences.
+
+Where the pieces run: the login host runs ``remote_batch.py`` (after ``--pre-command``): it finds
+the kernel's job (the one this proxy knows, else the one recorded for the kernel, a restart) or
+submits one (the first session of a kernel), waits for it to run, and becomes
+``srun --jobid=ID --overlap -u`` running the usual bootstrap and ``attach`` on the job's node. The
+job's script runs ``--pre-command`` and ``--workdir`` again on the node and execs the agent daemon
+(``remote_bootstrap`` ``--in-job``); the daemon runs the kernel as on any host. All quoting is done
+here, with shlex.quote; the login host gets argv lists inside one JSON word.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+from typing import TYPE_CHECKING, List, Optional, Sequence
+
+from proxykernel import remote_batch, remote_bootstrap
+from proxykernel.bootstrap import AgentBundle, remote_program, remote_python_command
+from proxykernel.remote_bootstrap import IN_JOB
+from proxykernel.scheduler import scheduler
+
+if TYPE_CHECKING:
+    from proxykernel.config import ProxyConfig
+
+__all__ = ["batch_command", "job_name", "JobWatch", "ATTACH_WAIT"]
+
+ATTACH_WAIT = 60.0  # how long a session's attach waits for the agent of a job that has just started
+log = logging.getLogger("proxykernel")
+
+
+def job_name(connection_file: str, session: Optional[str] = None) -> str:
+    """``proxykernel-<notebook>`` (Jupyter Server's ``JPY_SESSION_NAME``, the notebook's path), else
+    ``proxykernel-<kernel id>`` from the connection file's name, in the characters Slurm shows as is."""
+    if session is None:
+        session = os.environ.get("JPY_SESSION_NAME", "")
+    tag = os.path.splitext(os.path.basename(session))[0] if session else ""
+    if not tag:
+        tag = os.path.splitext(os.path.basename(connection_file))[0]
+        tag = tag[len("kernel-"):] if tag.startswith("kernel-") else tag
+    return "proxykernel-" + (re.sub(r"[^A-Za-z0-9._+-]", "_", tag)[:40] or "kernel")
+
+
+def batch_command(config: "ProxyConfig", bundle: AgentBundle, agent_args: Sequence[str], kernel: str,
+                  job: Optional[str] = None) -> str:
+    """The login host's command line for a session of this kernel (``config.ssh_command``): with
+    ``job`` (a reconnect) only that job is used; without, the first session submits one if the
+    kernel has none running."""
+    sched = scheduler()
+    boot = remote_program(remote_bootstrap)
+    # The step inherits the login shell's environment (after --pre-command): no second pre-command.
+    step = shlex.split(remote_python_command(config.python, boot, [bundle.sha256, *agent_args,
+                                                                     "--wait-daemon", "%g" % ATTACH_WAIT]))
+    script = "#!/bin/sh\nexec " + remote_python_command(
+        config.python, boot, [bundle.sha256, IN_JOB, sched.job_variable, *agent_args],
+        pre_command=config.pre_command, workdir=config.workdir) + "\n"
+    spec = {"label": sched.label, "kernel": kernel, "job": job or "", "may_submit": job is None,
+            "queue_timeout": config.queue_timeout, "submit": sched.submit(job_name(config.connection_file)),
+            "options": shlex.split(config.slurm or ""), "script": script, "attach": sched.attach(step),
+            "state": sched.state(), "cancel": sched.cancel(), "running": list(sched.running),
+            "waiting": list(sched.waiting)}
+    return remote_python_command(config.python, remote_program(remote_batch), [json.dumps(spec)],
+                                 pre_command=config.pre_command)
+
+
+class JobWatch:
+    """What the login host says about the job (its ``PXKJOB`` lines on ssh's stderr), for the log
+    and for the proxy: the job id (reconnects attach to it), whether it waits in the queue (the
+    start's ``--timeout`` counts from when it runs) and the last news (shown in a cell run meanwhile).
+    Made by ``Proxy`` for a ``--slurm`` kernel; ``feed`` gets every stderr line of every ssh."""
+
+    def __init__(self) -> None:
+        self.job: Optional[str] = None
+        self.waiting = False
+        self.news = ""  # the last sentence about the job
+
+    def feed(self, line: str) -> bool:
+        """True if ``line`` was the login host's news (then logged), else the caller's."""
+        if not line.startswith(remote_batch.MARK):
+            return False
+        kind, _, rest = line[len(remote_batch.MARK):].partition(" ")
+        fields: List[str] = rest.split("|")
+        if kind == "out" and len(fields) >= 3:
+            log.info("%s job %s output: %s", fields[0], fields[1], "|".join(fields[2:]))
+        elif kind == "state" and len(fields) >= 6:
+            label, job, state, reason, seconds, node = fields[:6]
+            self.job = job
+            self.waiting = state not in scheduler().running
+            why = " (%s)" % reason if reason not in ("", "None") else ""
+            if self.waiting:
+                self.news = "%s job %s %s%s for %s s" % (label, job, state, why, seconds)
+            else:
+                self.news = "%s job %s RUNNING on %s after %s s in the queue" % (label, job, node, seconds)
+            log.info("%s", self.news)
+        return True
