@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Dict, List, Optional
 
-from proxykernel.batch import batch_command
+from proxykernel.batch import batch_command, job_name
 from proxykernel.bootstrap import agent_bundle, remote_command
 from proxykernel.ssh import SSHOptions, config_args, ssh_argv
 from remote_agent.paths import runtime_dir  # the same 0700 per-user directory, on this side
@@ -182,7 +182,10 @@ def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None,
                   "--linger", "%g" % config.linger, "--buffer", str(config.buffer_size),
                   "--ping", "%g" % config.heartbeat_interval, "--dead", "%g" % config.heartbeat_timeout]
     if config.slurm is not None:
-        command = batch_command(config, agent_bundle(config.agent_source), agent_args, kernel, job)
+        command = batch_command(config.python, agent_bundle(config.agent_source), agent_args, kernel,
+                                options=config.slurm, name=job_name(config.connection_file),
+                                queue_timeout=config.queue_timeout, pre_command=config.pre_command,
+                                workdir=config.workdir, job=job)
     else:
         command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
                                  pre_command=config.pre_command, workdir=config.workdir)

@@ -7,6 +7,7 @@ interrupt and SIGTERM into a shutdown, and exit with the remote kernel's exit co
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -31,7 +32,6 @@ from proxykernel.frontend import BindError, Frontend
 from proxykernel.link import (Action, Deliver, Exit, Fail, Flush, ForgetAgent, KillSsh, Link, OutputDropped,
                               RememberAgent, StartSsh, StopMaster, Wake)
 from proxykernel.transport import SSHTransport
-from remote_agent.peek import message_part
 
 __all__ = ["ProxyConfig", "Proxy", "kernel_id"]
 
@@ -105,8 +105,7 @@ class Proxy:
         self._flush_scheduled = False
         self.ticker_handle: Optional[asyncio.TimerHandle] = None
         self.parent = ParentWatch()
-        self.key = ""
-        self.job = JobWatch() if config.slurm is not None else None  # --slurm: the kernel's batch job
+        self.job = JobWatch(config.slurm is not None)  # --slurm: the kernel's batch job
         # What runs each action of the link (as asyncssh dispatches packets: one table).
         self.handlers: Dict[type, Callable[[Any], None]] = {
             Deliver: self.to_frontend, Flush: self.schedule_flush, StartSsh: self.start_ssh,
@@ -128,8 +127,8 @@ class Proxy:
         start_config = {"key": str(info["key"]), "env": self.config.env,
                         "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
                         "kernel_name": info.get("kernel_name", ""), "transport": self.config.transport}
-        self.key = str(info["key"])
-        self.argv = ssh_command(self.config, self.key, self.control)
+        self.argv = ssh_command(self.config, str(info["key"]), self.control)
+        self.job.reconnect = functools.partial(ssh_command, self.config, str(info["key"]), self.control)
         self.link = Link(self.config, start_config, uuid.uuid4().hex,
                          agent_cached=os.path.exists(self.agent_memo), agent_size=len(self.bundle.data),
                          shared_master=bool(self.control), started_at=self.started_at)
@@ -160,8 +159,7 @@ class Proxy:
         if self.parent.gone():
             self.parent_died()
             return
-        if self.job is not None and self.job.waiting and not self.link.ready:
-            self.link.started_at = self.loop.time()  # --timeout counts from when the job runs
+        self.job.hold(self.link, self.loop.time())  # --timeout counts from when the job runs
         self.run_actions(self.link.poll(self.loop.time()))
 
     def wake_at(self, action: Wake) -> None:
@@ -174,11 +172,8 @@ class Proxy:
     # -- the ssh -----------------------------------------------------------------------------
     def start_ssh(self, action: StartSsh) -> None:
         """A new ssh for the link (the first one may be running already, started by ``cli.main``)."""
-        argv = self.argv
-        if self.job is not None and self.job.job is not None:  # later sessions: that job, no other
-            argv = ssh_command(self.config, self.key, self.control, job=self.job.job)
-        transport = SSHTransport(argv, self.ssh_buffer, self.on_ssh_data, self.on_ssh_stderr,
-                                 self.on_ssh_exit)
+        transport = SSHTransport(self.job.argv(self.argv), self.ssh_buffer, self.on_ssh_data,
+                                 self.job.news_from(self.on_ssh_stderr), self.on_ssh_exit)
         self.ssh = transport
         asyncio.ensure_future(self._start(transport, action.send_agent))
 
@@ -229,8 +224,6 @@ class Proxy:
             self.run_actions(self.link.received(count, self.loop.time()))
 
     def on_ssh_stderr(self, transport: SSHTransport, line: str) -> None:
-        if self.job is not None and self.job.feed(line):
-            return  # the login host's news of the batch job, logged
         if transport is not self.ssh or self.link.booting:
             self.link.note_ssh_line(line)  # summarized in one sentence if the start fails
             log.debug("ssh: %s", line)
@@ -257,11 +250,7 @@ class Proxy:
 
     # -- the frontends -----------------------------------------------------------------------
     def from_frontend(self, channel: str, frames: List[bytes]) -> None:
-        if self.job is not None and self.job.waiting and channel == "shell" and self.frontend is not None:
-            header = message_part(frames, 1)
-            if b'"execute_request"' in header:  # shown in the cell: it runs once the job does
-                self.frontend.publish_stream("[proxykernel] %s; the cell runs when the job starts\n"
-                                             % self.job.news, [b"<IDS|MSG>", b"", b"", header])
+        self.job.show_in_cell(self.frontend, channel, frames)
         self.run_actions(self.link.send(channel, frames))
 
     def to_frontend(self, action: Deliver) -> None:

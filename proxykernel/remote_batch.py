@@ -21,9 +21,9 @@ if MYPY:  # for the type comments only (this text must run on any Python up to r
     from typing import Any, Dict, NoReturn  # noqa: F401
     Spec = Dict[str, Any]
 
-__all__ = ["main", "MARK", "JOB", "NODE", "CACHE"]
+__all__ = ["main", "NEWS", "JOB", "NODE", "CACHE"]
 
-MARK = "PXKJOB "
+NEWS = "PXKJOB "
 JOB, NODE, CACHE = "@PXK_JOB@", "@PXK_NODE@", "@PXK_CACHE@"
 POLL_FIRST, POLL_MOST = 0.05, 2.0  # seconds between state queries: doubling from the first to the most
 REPORT_EVERY = 60.0  # a job still waiting is reported again after this long
@@ -33,7 +33,7 @@ OUTPUT_TAIL = 2000  # characters of an ended job output shown
 def tell(kind, words):
     # type: (str, list[str]) -> None
     """One ``PXKJOB`` line for the proxy (``state ...`` or ``out ...``) on stderr."""
-    sys.stderr.write(MARK + kind + " " + "|".join(words) + "\n")
+    sys.stderr.write(NEWS + kind + " " + "|".join(words) + "\n")
     sys.stderr.flush()
 
 

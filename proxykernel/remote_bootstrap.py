@@ -11,16 +11,12 @@ answer from the proxy.
 import os
 import sys
 
-from proxykernel.remote_checks import agent_cache, job_files, require_packages, require_python, say
+from proxykernel.remote_checks import agent_cache, require_packages, require_python, say
 
-__all__ = ["main", "CACHE_ONLY", "IN_JOB", "LENGTH_DIGITS"]
+__all__ = ["main", "CACHE_ONLY", "LENGTH_DIGITS"]
 
 # The argument of ``proxykernel deploy``: cache the agent, then exit without running it.
 CACHE_ONLY = "--cache-only"
-# The argument of a batch job's script (proxykernel/batch.py), then the variable that holds the
-# job id: run the agent daemon itself, with no stream; the first session stores the agent meanwhile.
-IN_JOB = "--in-job"
-JOB_AGENT_WAIT = 120.0  # seconds the job waits for the agent to appear in the cache
 # The stream starts with the length of the agent zip that follows, in this many ASCII digits.
 LENGTH_DIGITS = 12
 
@@ -74,9 +70,6 @@ def main(argv):
     require_packages()
     sha256 = argv[1]
     directory, cached = agent_cache(sha256)
-    if argv[2:3] == [IN_JOB]:
-        run_in_job(cached, os.environ.get(argv[3], ""), argv[4:])
-        return
     size = int(read_exactly(LENGTH_DIGITS))
     data = read_exactly(size) if size else b""
     if os.path.isdir(cached):
@@ -93,37 +86,6 @@ def main(argv):
     sys.path.insert(0, cached)
     import remote_agent.attach
     remote_agent.attach.main(argv[2:])
-
-
-def run_in_job(cached, job, args):
-    # type: (str, str, list[str]) -> None
-    """The agent daemon of a batch job, run by its script in place of the shell (exec), so that the
-    signals of the scheduler reach it: it waits for the agent that the first session caches, runs
-    the daemon, and removes the files of the job when the daemon exits (shutdown, --linger, scancel)."""
-    import time
-    deadline = time.time() + JOB_AGENT_WAIT
-    while not os.path.isdir(cached):
-        if time.time() > deadline:
-            sys.exit("proxykernel: the agent did not appear in %s within %d s: the compute node must "
-                     "share the home directory of the login host" % (cached, JOB_AGENT_WAIT))
-        time.sleep(0.05)
-    sys.path.insert(0, cached)
-    from remote_agent.daemon import daemon_main
-    from remote_agent.handoff import options
-    job_file, output = job_files(options(args).id, job)
-    try:
-        daemon_main(args)
-    finally:
-        try:
-            with open(job_file) as handle:
-                ours = handle.read().strip() == job
-        except (IOError, OSError):
-            ours = False
-        for path in ([job_file] if ours else []) + [output]:
-            try:
-                os.unlink(path)
-            except (IOError, OSError):
-                pass
 
 
 if __name__ == "__main__":
