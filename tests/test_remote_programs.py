@@ -15,7 +15,7 @@ from proxykernel.bootstrap import agent_bundle, remote_command, remote_program
 from tests.userland import old_python
 
 PROGRAMS = [remote_bootstrap, remote_probe, remote_discover, remote_batch, remote_job]
-CHECKED = [remote_bootstrap, remote_probe, remote_batch, remote_job]  # the two that refuse a Python the agent cannot run on
+CHECKED = [remote_bootstrap, remote_probe, remote_batch, remote_job]  # those that refuse a Python too old
 
 
 def _code(tree: ast.Module) -> str:

@@ -173,6 +173,28 @@ class SlurmCluster:
         """``squeue``'s lines for this cluster: "ID NAME STATE REASON" for each job queued or running."""
         return self.run("squeue", "-h", "-o", "%i %j %T %r").splitlines()
 
+    def _steps(self, prefix: bytes) -> List[int]:
+        """This cluster's slurmstepds whose title starts with ``prefix``: daemons of their own (not
+        slurmd's children), told from another cluster's by the SLURM_CONF they inherited."""
+        found = []
+        for pid in process_table():
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                    if not handle.read().startswith(b"slurmstepd: [" + prefix):
+                        continue
+                with open("/proc/%d/environ" % pid, "rb") as handle:
+                    if b"SLURM_CONF=%s\0" % self.conf.encode() in handle.read():
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    def job_processes(self, job: str = "") -> List[int]:
+        """The processes of ``job`` (all jobs: ""), its slurmstepds and everything they run."""
+        table = process_table()
+        steps = self._steps(job.encode() + b"." if job else b"")
+        return steps + [child for step in steps for child in descendants(step, table)]
+
     def cancel_all(self, wait: float = STOP_TIMEOUT) -> None:
         """scancel every job and wait until squeue shows none (a test's cleanup)."""
         ids = [line.split()[0] for line in self.jobs()]
@@ -190,8 +212,7 @@ class SlurmCluster:
                 self.cancel_all()
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
-        table = process_table()
-        leftover = [pid for proc in self.procs for pid in descendants(proc.pid, table)]
+        leftover = self.job_processes()
         for proc in reversed(self.procs):
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
