@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from typing import IO, Any, NamedTuple, Optional
+from typing import IO, Any, Dict, NamedTuple, Optional
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.blocking.client import BlockingKernelClient
@@ -116,7 +116,8 @@ def start_kernel(host: str, python: str = "python3", timeout: float = 30, **opti
     """Start a kernel on ``host`` and return it once it answers.
 
     ``options`` are ``proxykernel add``'s: env (dict or "A=1 B=2"), sudo, workdir, pre_command,
-    ssh_options, ssh_config, log_level. Raises KernelStartError with the proxy's sentence.
+    ssh_options, ssh_config, log_level, slurm (sbatch options: ``host`` is a login host and the
+    kernel runs in a Slurm job), queue_timeout. Raises KernelStartError with the proxy's sentence.
     """
     km = KernelManager(kernel_name=SPEC_NAME,
                        kernel_spec_manager=_spec_manager(host, python, timeout, dict(options)))
@@ -125,7 +126,7 @@ def start_kernel(host: str, python: str = "python3", timeout: float = 30, **opti
     kc = km.client()
     kc.start_channels()
     try:
-        kc.wait_for_ready(timeout=timeout + READY_MARGIN)
+        kc.wait_for_ready(timeout=_ready_wait(timeout, options))
     except RuntimeError as error:
         kernel = RemoteKernel(km, kc)
         kernel.shutdown()
@@ -143,11 +144,20 @@ async def async_start_kernel(host: str, python: str = "python3", timeout: float 
     kc = km.client()
     kc.start_channels()
     try:
-        await kc.wait_for_ready(timeout=timeout + READY_MARGIN)
+        await kc.wait_for_ready(timeout=_ready_wait(timeout, options))
     except RuntimeError as error:
         await AsyncRemoteKernel(km, kc).shutdown()
         raise tee.failure(host, error) from None
     return AsyncRemoteKernel(km, kc)
+
+
+def _ready_wait(timeout: float, options: Dict[str, Any]) -> Optional[float]:
+    """How long a start may take: ``timeout``, plus the time a batch job may wait in the queue
+    (None: as long as it waits; the proxy's own exit ends the wait sooner if it fails)."""
+    if options.get("slurm") is None:
+        return timeout + READY_MARGIN
+    queue = options.get("queue_timeout")
+    return None if queue is None else queue + timeout + READY_MARGIN
 
 
 def _proxy_stderr(km: Any) -> Optional[IO[bytes]]:

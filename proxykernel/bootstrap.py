@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from proxykernel import remote_bootstrap, remote_checks
 from proxykernel.remote_bootstrap import CACHE_ONLY, LENGTH_DIGITS
+from proxykernel.scheduler import job_error
 from remote_agent.paths import runtime_dir  # the per-user 0700 directory, on this side too
 
 __all__ = ["boot_error", "AgentBundle", "agent_bundle", "remote_program", "remote_command", "remote_python_command",
@@ -228,6 +229,10 @@ def boot_error(reply: BootReply, host: str, python: str) -> str:
     if what == "old-python":
         return ("the remote Python %s on %s is version %s; proxykernel needs Python 3.8 or newer "
                 "there" % (exe, host, words[1]))
+    if what.startswith("job-"):  # the login host's part of a kernel in a batch job (remote_batch)
+        sentence = job_error(what, words, host)
+        if sentence is not None:
+            return sentence
     if what == "corrupt-agent":
         return "the agent sent to %s arrived damaged; check that the connection is 8-bit clean" % host
     return "the remote bootstrap on %s failed: %s" % (host, " ".join(words))

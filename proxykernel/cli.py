@@ -18,7 +18,39 @@ from proxykernel.ssh import SSHOptions, spawn_ssh
 if TYPE_CHECKING:
     import logging
 
-__all__ = ["main", "parse_env", "build_parser"]
+__all__ = ["main", "parse_env", "build_parser", "join_dash_values", "check_batch_options"]
+
+# Options whose value is itself command-line options (sbatch's), so it starts with a dash.
+DASH_VALUED = ("--slurm",)
+
+
+def join_dash_values(argv: Sequence[str], names: Sequence[str] = DASH_VALUED) -> List[str]:
+    """``--slurm '--time=10 -p debug'`` as ``--slurm='--time=10 -p debug'``: argparse would take a
+    separate value that starts with a dash for an option of its own. Called on every command line
+    that has ``--slurm`` (here and in ``proxykernel add/check``) before parsing."""
+    joined: List[str] = []
+    at = 0
+    while at < len(argv):
+        if argv[at] in names and at + 1 < len(argv):
+            joined.append("%s=%s" % (argv[at], argv[at + 1]))
+            at += 2
+        else:
+            joined.append(argv[at])
+            at += 1
+    return joined
+
+
+def check_batch_options(slurm: Optional[str], sudo: bool) -> None:
+    """ValueError with the sentence if ``--slurm``'s value cannot be used (``main``, ``add``, ``check``)."""
+    if slurm is None:
+        return
+    try:
+        shlex.split(slurm)
+    except ValueError as error:
+        raise ValueError("--slurm expects sbatch options as a shell would split them: %s in %r"
+                         % (error, slurm)) from None
+    if sudo:
+        raise ValueError("--sudo cannot be combined with --slurm: the job runs as you")
 
 
 def parse_env(values: Sequence[str]) -> Dict[str, str]:
@@ -90,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "detaches and leaves the kernel running; the next start reattaches")
     outlive.add_argument("--persistent-linger", type=float, default=86400.0, metavar="S",
                          help="how long a persistent kernel waits with no frontend (default: a day)")
+    batch = parser.add_argument_group("running the kernel in a Slurm job (HPC)")
+    batch.add_argument("--slurm", metavar="'SBATCH OPTIONS'",
+                       help="HOST is a login host: run the kernel in a batch job submitted there with "
+                            "these sbatch options (e.g. --slurm '--partition=gpu --time=04:00:00'; '' for none)")
+    batch.add_argument("--queue-timeout", type=float, metavar="S",
+                       help="cancel the job if it has not started after this long (default: wait); "
+                            "--timeout counts from when it runs")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO")
     parser.add_argument("--agent-source", help=argparse.SUPPRESS)  # tests ship a modified agent
@@ -103,9 +142,10 @@ def _logger(level: str) -> "logging.Logger":
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         env = parse_env(args.env)
+        check_batch_options(args.slurm, args.sudo)
     except ValueError as error:
         _logger(args.log_level).error("%s", error)
         return 2
@@ -123,7 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          connection_persist=args.connection_persist,
                          session=args.session or os.environ.get("JPY_SESSION_NAME") or None,
                          reattach=not args.no_reattach, persistent=args.persistent,
-                         persistent_linger=args.persistent_linger)
+                         persistent_linger=args.persistent_linger,
+                         slurm=args.slurm, queue_timeout=args.queue_timeout)
 
     # ssh first: its handshake (~0.2 s) then overlaps the imports of asyncio, zmq and tornado.
     first_ssh, control, failure = None, None, None

@@ -11,6 +11,7 @@ import shlex
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+from proxykernel.cli import check_batch_options, join_dash_values
 from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
 from proxykernel.ssh import SSHOptions
 
@@ -41,6 +42,15 @@ def _remote_options(parser: argparse.ArgumentParser, python_required: bool = Tru
                         help="seconds to wait for the remote (default: 30)")
 
 
+def _batch_options(parser: argparse.ArgumentParser) -> None:
+    """A kernel in a Slurm job on a compute node, HOST being the login host (``add``, ``check``)."""
+    parser.add_argument("--slurm", metavar="'SBATCH OPTIONS'",
+                        help="run the kernel in a Slurm job with these sbatch options, e.g. "
+                             "--slurm '--partition=gpu --time=04:00:00' ('' for none)")
+    parser.add_argument("--queue-timeout", type=float, metavar="S",
+                        help="cancel a job that has not started after this long (default: wait)")
+
+
 def _kernelspec_options(parser: argparse.ArgumentParser) -> None:
     """Where a kernelspec goes and what else its kernels get."""
     parser.add_argument("--env", "-e", nargs="*", default=[], metavar="VAR=value",
@@ -62,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add", help="add a kernelspec for a Python on a remote host",
                               description="Add a kernelspec that starts a kernel on HOST.")
     _remote_options(add)
+    _batch_options(add)
     _kernelspec_options(add)
     add.add_argument("--display-name", "-d", help="the name Jupyter shows (default: 'SSH HOST')")
     add.add_argument("--name", help="the kernelspec's directory name (default: from the display name)")
@@ -123,7 +134,8 @@ def _install(args: argparse.Namespace, python: str, display_name: str, name: Opt
         remote_python_path=python, env=" ".join(args.env) or None, sudo=args.sudo,
         timeout=args.timeout, name=name, prefix=sys.prefix if args.sys_prefix else args.prefix,
         workdir=args.workdir, pre_command=args.pre_command, ssh_options=args.ssh_option,
-        ssh_config=args.ssh_config, extra=extra)
+        ssh_config=args.ssh_config, extra=extra, slurm=getattr(args, "slurm", None),
+        queue_timeout=getattr(args, "queue_timeout", None))
 
 
 def cmd_add(args: argparse.Namespace) -> None:
@@ -233,8 +245,9 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``proxykernel`` console script (setup.cfg)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
+        check_batch_options(getattr(args, "slurm", None), getattr(args, "sudo", False))
         COMMANDS[args.command](args)
     except (CommandError, ProbeFailed, ValueError, OSError) as error:
         sys.stdout.flush()

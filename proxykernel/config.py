@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Dict, List, Optional
 
+from proxykernel.batch import batch_command, job_name
 from proxykernel.bootstrap import agent_bundle, remote_command
 from proxykernel.ssh import SSHOptions, config_args, ssh_argv
 from remote_agent.paths import runtime_dir  # the same 0700 per-user directory, on this side
@@ -79,6 +80,8 @@ class ProxyConfig:
     reattach: bool = True  # --no-reattach: every start gets a kernel of its own
     persistent: bool = False  # a frontend's shutdown detaches; the next start of the session reattaches
     persistent_linger: float = 86400.0  # how long a persistent kernel waits with no proxy attached
+    slurm: Optional[str] = None  # sbatch options: the kernel runs in a Slurm job (proxykernel/batch.py)
+    queue_timeout: Optional[float] = None  # cancel a job still waiting in the queue after this long
 
     @property
     def agent_linger(self) -> float:
@@ -111,7 +114,7 @@ def agent_id(config: ProxyConfig, key: str) -> str:
     if not config.reattaches:
         return kernel_id(key, config.connection_file)
     settings = _target_digest(config, config.python, config.sudo, config.workdir or "", config.pre_command or "",
-                              sorted(config.env.items()), config.transport, config.session)
+                              sorted(config.env.items()), config.transport, config.slurm, config.session)
     return hashlib.sha256(b"proxykernel-session\0" + settings.encode()).hexdigest()[:24]
 
 
@@ -201,13 +204,22 @@ def agent_memo_path(config: ProxyConfig) -> str:
     return os.path.join(runtime_dir(), "agent-" + digest)
 
 
-def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None) -> List[str]:
-    """The ssh argv that boots (or re-attaches to) this kernel's remote agent."""
-    agent_args = ["--id", agent_id(config, key),
+def ssh_command(config: ProxyConfig, key: str, control: Optional[str] = None,
+                job: Optional[str] = None) -> List[str]:
+    """The ssh argv that boots (or re-attaches to) this kernel's remote agent; with ``--slurm``,
+    through the kernel's batch job (``job``: the one a reconnect must find, not replace)."""
+    kernel = agent_id(config, key)
+    agent_args = ["--id", kernel,
                   "--linger", "%g" % config.agent_linger, "--buffer", str(config.buffer_size),
                   "--ping", "%g" % config.heartbeat_interval, "--dead", "%g" % config.heartbeat_timeout]
-    command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
-                             pre_command=config.pre_command, workdir=config.workdir)
+    if config.slurm is not None:
+        command = batch_command(config.python, agent_bundle(config.agent_source), agent_args, kernel,
+                                options=config.slurm, name=job_name(config.connection_file),
+                                queue_timeout=config.queue_timeout, pre_command=config.pre_command,
+                                workdir=config.workdir, job=job)
+    else:
+        command = remote_command(config.python, agent_bundle(config.agent_source), config.sudo, agent_args,
+                                 pre_command=config.pre_command, workdir=config.workdir)
     ours: List[str] = []  # after the user's own -o options, which win (ssh takes the first value)
     if control:
         ours += ["ControlMaster=auto", "ControlPath=" + control,

@@ -46,8 +46,10 @@ def kernel_argv(host: str, remote_python_path: str, local_python_path: str = sys
                 timeout: float = 30, env: Env = None, sudo: bool = False,
                 workdir: Optional[str] = None, pre_command: Optional[str] = None,
                 ssh_options: Sequence[str] = (), ssh_config: Optional[str] = None,
-                extra: Sequence[str] = ()) -> List[str]:
-    """The kernelspec argv, in ssh_ipykernel's order; called by add_kernel and proxykernel.api."""
+                extra: Sequence[str] = (), slurm: Optional[str] = None,
+                queue_timeout: Optional[float] = None) -> List[str]:
+    """The kernelspec argv, in ssh_ipykernel's order; called by add_kernel and proxykernel.api.
+    ``slurm``: sbatch options, the kernel then runs in a Slurm job submitted on ``host``."""
     if not host or not remote_python_path:
         raise ValueError("a kernelspec needs both a host and a remote Python")
     argv = [local_python_path, "-m", "proxykernel", "--host", host, "--python", remote_python_path,
@@ -61,6 +63,10 @@ def kernel_argv(host: str, remote_python_path: str, local_python_path: str = sys
         argv += ["--workdir", workdir]
     if pre_command:
         argv += ["--pre-command", pre_command]
+    if slurm is not None:
+        argv.append("--slurm=" + slurm)  # one word: sbatch options start with a dash
+    if queue_timeout is not None:
+        argv += ["--queue-timeout", "%g" % queue_timeout]
     for option in ssh_options:
         argv += ["--ssh-option", option]
     if ssh_config:
@@ -73,7 +79,8 @@ def add_kernel(host: str, display_name: str, local_python_path: str, remote_pyth
                *, name: Optional[str] = None, prefix: Optional[str] = None,
                workdir: Optional[str] = None, pre_command: Optional[str] = None,
                ssh_options: Sequence[str] = (), ssh_config: Optional[str] = None,
-               extra: Sequence[str] = ()) -> str:
+               extra: Sequence[str] = (), slurm: Optional[str] = None,
+               queue_timeout: Optional[float] = None) -> str:
     """Install a kernelspec and return its name (ssh_ipykernel's signature, plus keyword options).
 
     Per user by default; ``system=True`` for the system-wide directory, ``prefix=`` for
@@ -83,7 +90,7 @@ def add_kernel(host: str, display_name: str, local_python_path: str, remote_pyth
     if not display_name:
         raise ValueError("the display name must not be empty")
     argv = kernel_argv(host, remote_python_path, local_python_path, timeout, env, sudo, workdir,
-                       pre_command, ssh_options, ssh_config, extra)
+                       pre_command, ssh_options, ssh_config, extra, slurm, queue_timeout)
     name = name or kernel_name(display_name)
     spec = {"argv": argv, "display_name": display_name, "language": "python",
             # Jupyter's SIGINT to the proxy becomes an interrupt frame: no lab extension needed.

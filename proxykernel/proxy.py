@@ -7,6 +7,7 @@ interrupt and SIGTERM into a shutdown, and exit with the remote kernel's exit co
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import zmq
 
+from proxykernel.batch import JobWatch
 from proxykernel.bootstrap import NO_AGENT, AgentBundle, agent_bundle
 from proxykernel.config import (
     ConnectionFileError,
@@ -71,6 +73,16 @@ def _drop_notice(frames: int, nbytes: int, cap: int) -> str:
             % (frames, nbytes / 1e6, cap // (1024 * 1024)))
 
 
+def start_config(config: ProxyConfig, info: Dict[str, Any]) -> Dict[str, Any]:
+    """What the Start frame asks of the agent, from our options and Jupyter's connection file ``info``."""
+    env = dict(config.env)
+    if config.session:
+        env.setdefault("JPY_SESSION_NAME", config.session)  # as Jupyter gives a local kernel
+    return {"key": str(info["key"]), "env": env, "session": config.session, "reattach": config.reattaches,
+            "persistent": config.persists, "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
+            "kernel_name": info.get("kernel_name", ""), "transport": config.transport}
+
+
 def _touch(path: str) -> None:
     """The agent memo: the remote cache has this agent (``RememberAgent``)."""
     try:
@@ -121,6 +133,7 @@ class Proxy:
         self._flush_scheduled = False
         self.ticker_handle: Optional[asyncio.TimerHandle] = None
         self.parent = ParentWatch()
+        self.job = JobWatch(config.slurm is not None)  # --slurm: the kernel's batch job
         # What runs each action of the link (as asyncssh dispatches packets: one table).
         self.handlers: Dict[type, Callable[[Any], None]] = {
             Deliver: self.to_frontend, Flush: self.schedule_flush, StartSsh: self.start_ssh,
@@ -139,16 +152,9 @@ class Proxy:
                 self.first_ssh.kill()
                 self.first_ssh.wait()
             return 1
-        env = dict(self.config.env)
-        if self.config.session:
-            env.setdefault("JPY_SESSION_NAME", self.config.session)  # as Jupyter gives a local kernel
-        start_config = {"key": str(info["key"]), "env": env,
-                        "session": self.config.session, "reattach": self.config.reattaches,
-                        "persistent": self.config.persists,
-                        "signature_scheme": info.get("signature_scheme", "hmac-sha256"),
-                        "kernel_name": info.get("kernel_name", ""), "transport": self.config.transport}
         self.argv = ssh_command(self.config, str(info["key"]), self.control)
-        self.link = Link(self.config, start_config, uuid.uuid4().hex,
+        self.job.reconnect = functools.partial(ssh_command, self.config, str(info["key"]), self.control)
+        self.link = Link(self.config, start_config(self.config, info), uuid.uuid4().hex,
                          agent_cached=os.path.exists(self.agent_memo), agent_size=len(self.bundle.data),
                          shared_master=bool(self.control), started_at=self.started_at)
         log.info("connecting to %s", self.config.host)
@@ -178,6 +184,7 @@ class Proxy:
         if self.parent.gone():
             self.parent_died()
             return
+        self.job.hold(self.link, self.loop.time())  # --timeout counts from when the job runs
         self.run_actions(self.link.poll(self.loop.time()))
 
     def wake_at(self, action: Wake) -> None:
@@ -190,8 +197,8 @@ class Proxy:
     # -- the ssh -----------------------------------------------------------------------------
     def start_ssh(self, action: StartSsh) -> None:
         """A new ssh for the link (the first one may be running already, started by ``cli.main``)."""
-        transport = SSHTransport(self.argv, self.ssh_buffer, self.on_ssh_data, self.on_ssh_stderr,
-                                 self.on_ssh_exit)
+        transport = SSHTransport(self.job.argv(self.argv), self.ssh_buffer, self.on_ssh_data,
+                                 self.job.news_from(self.on_ssh_stderr), self.on_ssh_exit)
         self.ssh = transport
         asyncio.ensure_future(self._start(transport, action.send_agent))
 
@@ -241,6 +248,7 @@ class Proxy:
     def from_frontend(self, channel: str, frames: List[bytes]) -> None:
         if channel == "control" and self.config.persists and self.detach_on_shutdown(frames):
             return
+        self.job.show_in_cell(self.frontend, channel, frames)
         self.run_actions(self.link.send(channel, frames))
 
     def detach_on_shutdown(self, frames: List[bytes]) -> bool:

@@ -9,7 +9,7 @@ an old Python then reaches ``require_python`` and says so in one line instead of
 import os
 import sys
 
-__all__ = ["MARK", "say", "require_python", "require_packages", "agent_cache"]
+__all__ = ["MARK", "say", "require_python", "require_packages", "agent_cache", "job_files"]
 
 # Starts the one line a remote program answers with (bootstrap.BootReader looks for it).
 MARK = "\nPXKBOOT "
@@ -49,3 +49,13 @@ def agent_cache(sha256):
     """The proxykernel cache directory of this user and, in it, the directory of the agent ``sha256``."""
     directory = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "proxykernel")
     return directory, os.path.join(directory, "agent-" + sha256)
+
+
+def job_files(kernel_id, job):
+    # type: (str, str) -> tuple[str, str]
+    """For a kernel run in a batch job (``--slurm``): the file that names its job (written on the
+    login host by remote_batch, read by the sessions of later proxies: a restart) and the output of
+    the job; both in the cache (a home directory that login hosts and compute nodes share), removed
+    by the bootstrap in the job when its agent exits."""
+    directory = os.path.join(agent_cache("")[0], "jobs")
+    return os.path.join(directory, kernel_id), os.path.join(directory, "%s.out" % job)

@@ -44,6 +44,8 @@ def main(argv: List[str]) -> None:
     stream_in, stream_out = _take_stdio()
     path = socket_path(opts.id)
     sock = connect(path)
+    if sock is None and opts.wait_daemon:
+        sock = _wait_daemon(path, opts.wait_daemon)
     if sock is None:
         sock = _start_daemon(path, argv, (stream_in, stream_out))
     _lend_stream(sock, stream_in, stream_out)
@@ -81,6 +83,18 @@ def _lend_stream(sock: socket.socket, stream_in: int, stream_out: int) -> None:
     except OSError:
         pass
     os._exit(0)
+
+
+def _wait_daemon(path: str, seconds: float) -> socket.socket:
+    """The socket of the daemon a batch job runs (``--wait-daemon``), once it listens."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        sock = connect(path)
+        if sock is not None:
+            return sock
+    raise SystemExit("proxykernel-agent: the agent daemon of the batch job did not listen within %.0f s "
+                     "(its output is in ~/.cache/proxykernel/jobs/)" % seconds)
 
 
 def _start_daemon(path: str, argv: List[str], stream_fds: Tuple[int, int]) -> socket.socket:

@@ -29,6 +29,9 @@ def options(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--ping", type=float, default=1.0)
     parser.add_argument("--dead", type=float, default=5.0)
     parser.add_argument("--buffer", type=int, default=256 * 1024 * 1024)
+    # In a batch job the daemon is the job's own process: attach waits this long for its socket
+    # instead of forking a daemon into its own short-lived step.
+    parser.add_argument("--wait-daemon", type=float, default=0.0)
     return parser.parse_args(argv)
 
 

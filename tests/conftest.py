@@ -20,6 +20,7 @@ for _p in (TESTS, ROOT):  # `import proxykernel`, `import remote_agent`, `from s
         sys.path.insert(0, _p)
 
 from proxykernel.testing.procs import descendants, pid_namespace, process_table  # noqa: E402
+from proxykernel.testing.slurm import SlurmCluster  # noqa: E402
 from proxykernel.testing.sshd import SSHServer  # noqa: E402
 
 LEFTOVER_GRACE = 3.0  # seconds a test's processes get to exit after the test
@@ -30,6 +31,14 @@ def sshd() -> Iterator[SSHServer]:
     """A running SSHServer shared by the whole session (see proxykernel/testing/sshd.py)."""
     with SSHServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SlurmCluster]:
+    """A single-node Slurm cluster shared by the session (proxykernel/testing/slurm.py): set up
+    before each test's process snapshot, so its daemons are not a test's leftovers; its jobs are."""
+    with SlurmCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,155 @@
+"""Kernels in Slurm jobs (``--slurm``), through the test sshd (AllowTcpForwarding no) and the suite's own
+single-node Slurm cluster (proxykernel/testing/slurm.py): the kernel runs in a batch job, every ssh
+session reaches it with ``srun --overlap``, a restart keeps the job, drops lose nothing, shutdown and
+an outside scancel end it cleanly (issue 13's "done when" 1, 2, 4, 5)."""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+from jupyter_client import BlockingKernelClient, KernelManager
+
+from proxykernel.cli import build_parser, join_dash_values
+from proxykernel.testing.slurm import SlurmCluster
+from tests.kernels import alive, kernel_manager, proxy_argv, run_cell, running_kernel, shell_reply
+from tests.test_kernel import CELLS, _normal
+from tests.test_reconnect import FAST, PRINT_UNTIL, collect_lines, dropping
+
+Kernel = Tuple[KernelManager, BlockingKernelClient]
+
+
+def slurm_argv(sshd: Any, slurm: SlurmCluster, options: List[str], *extra: str) -> List[str]:
+    return proxy_argv(sshd, extra=[*options, "--pre-command", slurm.pre_command, *extra])
+
+
+def job_of(kc: BlockingKernelClient) -> str:
+    return str(run_cell(kc, "import os; print(os.environ['SLURM_JOB_ID'])")[1][0][1]["text"].strip())
+
+
+def jobs(slurm: SlurmCluster) -> Dict[str, List[str]]:
+    return {line.split()[0]: line.split()[1:] for line in slurm.jobs()}
+
+
+def wait_until(check: Any, timeout: float) -> float:
+    """Seconds until ``check()`` held; AssertionError after ``timeout``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, "not within %.0f s" % timeout
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left(slurm: SlurmCluster) -> Iterator[None]:
+    yield
+    left = slurm.jobs()
+    slurm.cancel_all()
+    assert left == []
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    with running_kernel(None, tmp_path_factory.mktemp("spec")) as kernel:
+        yield kernel
+
+
+def test_slurm_value_starting_with_a_dash_parses_as_one_value() -> None:
+    base = ["--host", "h", "--python", "p", "-f", "c.json"]
+    parse = build_parser().parse_args
+    assert parse(join_dash_values(base + ["--slurm", "--time=10 --partition=debug"])).slurm == \
+        "--time=10 --partition=debug"
+    assert parse(join_dash_values(base + ["--slurm=--time=10"])).slurm == "--time=10"
+    assert parse(join_dash_values(base + ["--slurm", ""])).slurm == ""
+
+
+def test_kernel_runs_in_a_job_and_behaves_as_a_local_one(sshd: Any, slurm: SlurmCluster, tmp_path: Path,
+                                                         local: Kernel) -> None:
+    # The values reach sbatch as data: a --comment with $(...), ; and quotes is shown verbatim.
+    comment = "x$(touch %s/pwned); echo 'q\"" % tmp_path
+    options = ["--slurm", "--time=10 --partition=debug --comment=%s" % shlex.quote(comment)]
+    with running_kernel(slurm_argv(sshd, slurm, options), tmp_path / "spec") as (km, kc):
+        job = job_of(kc)
+        assert jobs(slurm)[job][:2] == [jobs(slurm)[job][0], "RUNNING"]
+        assert jobs(slurm)[job][0].startswith("proxykernel-")
+        shown = slurm.run("squeue", "-h", "-j", job, "-o", "%k").strip()
+        assert shown == comment
+        assert not (tmp_path / "pwned").exists()
+        for code in CELLS:
+            ours = _normal(run_cell(kc, code)[1])
+            theirs = _normal(run_cell(local[1], code)[1])
+            assert [(kind, {k: v for k, v in c.items() if k != "execution_count"}) for kind, c in ours] == \
+                [(kind, {k: v for k, v in c.items() if k != "execution_count"}) for kind, c in theirs]
+
+
+@pytest.mark.parametrize("mode", ["signal", "message"])
+def test_restart_keeps_the_job_and_interrupt_works(sshd: Any, slurm: SlurmCluster, tmp_path: Path,
+                                                   mode: str) -> None:
+    argv = slurm_argv(sshd, slurm, ["--slurm=--time=10"])
+    with running_kernel(argv, tmp_path, interrupt_mode=mode) as (km, kc):
+        job = job_of(kc)
+        run_cell(kc, "marker = 1")
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        assert run_cell(kc, "marker")[0]["ename"] == "NameError"
+        assert job_of(kc) == job and list(jobs(slurm)) == [job]
+        msg_id = kc.execute("import time; time.sleep(60)")
+        time.sleep(1.0)
+        km.interrupt_kernel()
+        assert shell_reply(kc, msg_id, timeout=10)["content"]["ename"] == "KeyboardInterrupt"
+
+
+def test_ssh_killed_mid_cell_five_times_loses_nothing(sshd: Any, slurm: SlurmCluster, tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    with running_kernel(slurm_argv(sshd, slurm, ["--slurm=--time=10"], *FAST), tmp_path) as (km, kc):
+        job = job_of(kc)
+        pid = run_cell(kc, "import os; print(os.getpid())")[1][0][1]["text"]
+        msg_id = kc.execute(PRINT_UNTIL.format(stop=str(stop)))
+        with dropping(km, 5, every=1.0) as done:
+            wait_until(lambda: done["drops"] == 5, 50)
+            time.sleep(1.0)
+            stop.touch()
+            got = collect_lines(kc, msg_id, timeout=60)
+        assert len(got) > 30 * 5 and got == list(range(len(got)))
+        assert run_cell(kc, "import os; print(os.getpid())")[1][0][1]["text"] == pid
+        assert job_of(kc) == job and list(jobs(slurm)) == [job]
+
+
+def test_shutdown_ends_the_job_and_leaves_nothing_on_the_node(sshd: Any, slurm: SlurmCluster,
+                                                            tmp_path: Path) -> None:
+    with running_kernel(slurm_argv(sshd, slurm, ["--slurm=--time=10"]), tmp_path) as (km, kc):
+        job = job_of(kc)
+        node_side = slurm.job_processes(job)
+        assert node_side, "no job processes under slurmd"
+        folder = run_cell(kc, "import ipykernel, os; print(os.path.dirname(ipykernel.get_connection_file()))")
+        remote_dir = folder[1][0][1]["text"].strip()
+    assert wait_until(lambda: job not in jobs(slurm), 5) < 5
+    wait_until(lambda: not any(alive(pid) for pid in node_side), 5)
+    assert not os.path.exists(remote_dir)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "proxykernel" / "jobs"
+    assert not (cache / ("%s.out" % job)).exists()
+
+
+def test_scancel_from_outside_is_a_dead_kernel_with_the_reason(sshd: Any, slurm: SlurmCluster,
+                                                                tmp_path: Path) -> None:
+    km = kernel_manager(slurm_argv(sshd, slurm, ["--slurm=--time=10"], *FAST), tmp_path)
+    km.start_kernel(stderr=subprocess.PIPE)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        job = job_of(kc)
+        slurm.run("scancel", job)
+        assert wait_until(lambda: not km.is_alive(), 5) < 5
+        pipe = km.provisioner.process.stderr  # type: ignore[union-attr]
+        os.set_blocking(pipe.fileno(), False)  # the ssh master holds it open: read what is there
+        stderr = (pipe.read() or b"").decode()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        km.cleanup_resources()
+    assert "Slurm job %s ended: CANCELLED" % job in stderr, stderr[-2000:]
