@@ -136,6 +136,7 @@ class Frontend:
         # IOPub messages from the kernel until a subscribed frontend sends its first request (None
         # after that), so the output a reattached kernel produced meanwhile reaches a frontend.
         self.subscribed = False
+        self.requested = False
         self.held_iopub: Optional[Deque[List[bytes]]] = deque(maxlen=HELD_IOPUB)
         self.signer = MessageSigner(str(info["key"]).encode(),
                                     str(info.get("signature_scheme", "hmac-sha256")))
@@ -171,7 +172,8 @@ class Frontend:
             return self._on_heartbeat
 
         def relay(frames: List[bytes]) -> None:
-            if self.subscribed and self.held_iopub is not None and channel in ("shell", "control"):
+            if channel in ("shell", "control") and not self.requested:
+                self.requested = True
                 self._release_iopub()
             self.on_message(channel, frames)
         return relay
@@ -187,11 +189,15 @@ class Frontend:
             if frame[:1] == b"\x01":
                 self._welcome(frame[1:])
                 self.subscribed = True
+                self._release_iopub()
 
     def _release_iopub(self) -> None:
-        """A subscribed frontend sent its first request: publish what the kernel said before. Not
-        at the first subscription: Jupyter Server's own activity watcher subscribes at once, the
-        notebook's connection later, and sends a kernel_info_request as soon as it listens."""
+        """Once a frontend has subscribed and one has sent a request (in either order: they come
+        on different sockets), publish what the kernel said before. Not at the first subscription
+        alone: Jupyter Server's own activity watcher subscribes at once, the notebook's connection
+        later, and that one sends a kernel_info_request as soon as it listens."""
+        if not (self.subscribed and self.requested):
+            return
         held, self.held_iopub = self.held_iopub, None
         for frames in held or ():
             self.readers["iopub"].send(frames)
