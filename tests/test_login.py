@@ -170,8 +170,8 @@ def test_one_login_serves_three_kernels_their_restarts_and_reconnects(host: TwoF
     checked = check(host, tmp_path)
     clean.append(checked.stdout + checked.stderr)
     assert checked.returncode == 0, checked.stderr
-    assert re.search(r"ok   login .* logged in until (\w+ )?\d\d:\d\d \(pid \d+\); %s %s" % (re.escape(host.alias), ASKS),
-                     checked.stdout), checked.stdout
+    line = r"ok   login .* logged in until (\w+ )?\d\d:\d\d \(pid \d+\); %s %s" % (re.escape(host.alias), ASKS)
+    assert re.search(line, checked.stdout), checked.stdout
     log_path = tmp_path / "proxies.log"
     with open(log_path, "w") as log, ExitStack() as stack:
         clean.append(str(log_path))
