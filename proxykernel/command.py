@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_ = commands.add_parser("check", help="check that HOST can run a kernel, step by step",
                                  description="Connect to HOST and report each step with its time: "
-                                             "ssh, the remote Python, ipykernel, the agent cache, "
-                                             "the round-trip time.")
+                                             "the login, ssh, the remote Python, ipykernel, the agent "
+                                             "cache, the round-trip time.")
     _remote_options(check_)
 
     find = commands.add_parser("discover", help="find Pythons with ipykernel on HOST, add kernelspecs",
@@ -111,8 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _login_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """``login`` and ``logout`` take the ssh settings a kernelspec has: they name the shared connection."""
-    opened = commands.add_parser("login", help="log in to HOST in this terminal (password, one-time code); "
-                                               "kernels there then start without a prompt",
+    opened = commands.add_parser("login", help="log in to HOST in this terminal, for its kernels (password, OTP)",
                                  description="Open the shared ssh connection to HOST in this terminal, "
                                              "where ssh asks for a password or one-time code; kernels with "
                                              "the same ssh settings use it, for --persist.")

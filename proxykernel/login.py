@@ -17,18 +17,19 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, replace
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from proxykernel.config import ProxyConfig, control_path, ssh_settings
 from proxykernel.probe import ProbeFailed, Step
-from proxykernel.ssh import SSHOptions, config_args, login_sentence, needs_login
+from proxykernel.ssh import SSHOptions, config_args, explain_ssh_failure, login_sentence, needs_login
 from remote_agent.paths import runtime_dir
 
 __all__ = ["LoginFailed", "LoginState", "DEFAULT_PERSIST", "parse_duration", "control_socket", "login",
-           "logout", "login_state", "needs_interactive", "through_login", "login_steps"]
+           "logout", "login_state", "through_login", "login_steps"]
 
 DEFAULT_PERSIST = "12h"
 QUICK = 15.0  # seconds for the quick local ssh runs (-O check, -O exit, ssh -G)
@@ -138,7 +139,13 @@ def login(opts: SSHOptions, persist: float) -> LoginState:
     # ControlMaster=auto: a socket left by a master that was killed is removed, not in the way.
     argv = _ssh(opts, "-o", "BatchMode=no", "-o", "ControlMaster=auto",
                 "-o", "ControlPersist=%d" % max(1, round(persist)))
-    code = subprocess.call(argv + ["-N", "--", opts.host])
+    # SIGHUP ignored, as under nohup, by ssh and what it starts: a ProxyJump's ssh stays in this
+    # terminal's process group after the master goes to the background, and must outlive it.
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code = subprocess.call(argv + ["-N", "--", opts.host])
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
     pid = _master(opts)
     if code != 0 or pid is None:
         raise LoginFailed("the login to %r did not open a shared connection (ssh exited with code %d)"
@@ -166,17 +173,18 @@ def logout(opts: SSHOptions) -> bool:
     return _master(opts) is None
 
 
-def needs_interactive(opts: SSHOptions, timeout: float) -> Optional[bool]:
-    """Does a new ssh login to the host ask for a password or a code? A login of its own in
-    BatchMode, past any shared connection; None if it fails for another reason."""
+def _fresh_login(opts: SSHOptions, timeout: float) -> Tuple[Optional[int], List[str]]:
+    """A new ssh login of its own, in BatchMode, past any shared connection: its exit code (None:
+    no answer within ``timeout``) and what ssh said."""
     argv = [opts.ssh, "-o", "BatchMode=yes", "-o", "ControlPath=none", *config_args(opts), "--", opts.host, "true"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode == 0:
-        return False
-    return True if needs_login(done.stderr.splitlines()) else None
+    try:  # its own session, no terminal: a ProxyJump's ssh (not in BatchMode) cannot prompt either
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return None, []
+    except OSError as error:
+        raise ProbeFailed("cannot run %r: %s" % (opts.ssh, error)) from None
+    return done.returncode, done.stderr.splitlines()
 
 
 def through_login(opts: SSHOptions) -> SSHOptions:
@@ -190,16 +198,22 @@ def through_login(opts: SSHOptions) -> SSHOptions:
 
 def login_steps(opts: SSHOptions, timeout: float) -> Iterator[Step]:
     """``check``'s first line: whether the host asks for an interactive login, and whether one is
-    open. A host that asks and has none ends the check with what to do."""
+    open. Without one, a host that asks, or cannot be reached, ends the check with what to do."""
     started = time.monotonic()
-    needed = needs_interactive(opts, timeout)
+    code, lines = _fresh_login(opts, timeout)
     state = login_state(opts)
     took = time.monotonic() - started
-    if state is not None:
-        why = {True: "%s asks for a password or one-time code" % opts.host,
-               False: "not needed: ssh logs in without a prompt", None: "a new login fails, see below"}
-        yield Step("login", "%s; %s" % (state.describe(), why[needed]), took)
-    elif needed:
-        raise ProbeFailed(login_sentence(opts, " (no login is open), then check again"))
-    elif needed is False:
+    asks = needs_login(lines)
+    if state is None and code != 0:
+        if code is None:
+            raise ProbeFailed("no answer from %r within %g s: check that 'ssh %s true' works quickly, or "
+                              "raise --timeout" % (opts.host, timeout, opts.host))
+        raise ProbeFailed(login_sentence(opts, " (no login is open), then check again") if asks
+                          else explain_ssh_failure(opts.host, lines, code, opts))
+    if state is None:
         yield Step("login", "not needed: ssh logs in without a prompt", took)
+        return
+    why = ("%s asks for a password or one-time code" % opts.host if asks else
+           "not needed: ssh logs in without a prompt" if code == 0 else "a new login fails: %s"
+           % explain_ssh_failure(opts.host, lines, code, opts))
+    yield Step("login", "%s; %s" % (state.describe(), why), took)

@@ -256,3 +256,34 @@ def test_logout_closes_the_login_and_check_reports_both_states(host: TwoFactorHo
     out = proxykernel(user_env(tmp_path), "logout", "-F", host.server.config_path, host.alias)
     assert out.stdout == "%s: no shared connection was open\n" % host.alias
     assert one_error(check(host, tmp_path)).endswith("(no login is open), then check again")
+
+
+def test_a_login_through_a_two_factor_bastion_covers_the_jump(host: TwoFactorHost, tmp_path: Path,
+                                                              clean: List[str]) -> None:
+    # The bastion is the two-factor user; behind it, the key-only account of the same sshd. The
+    # bastion's block has no BatchMode (the test config's other blocks do): its prompt must reach
+    # the terminal through the jump.
+    server = host.server
+    config = tmp_path / "ssh_config"
+    bastion = ("Host pxk-bastion\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    IdentityFile %s\n"
+               "    IdentitiesOnly yes\n    UserKnownHostsFile %s\n"
+               % (server.port, host.user.name, server.client_key_path, server.known_hosts_path))
+    behind = _read(server.config_path).split("\n\n")[0].replace("Host %s" % server.alias, "Host pxk-behind")
+    config.write_text(bastion + "\n" + behind + "\n    ProxyJump pxk-bastion\n")
+    jump = TwoFactorHost(server, host.user, "pxk-behind")
+    argv = ["proxykernel", "login", "-F", str(config), "pxk-behind"]
+    opts = SSHOptions(host="pxk-behind", config_file=str(config))
+    try:
+        clean.append(log_in(jump, argv))
+        time.sleep(0.5)  # the terminal is gone: the jump's ssh must have outlived it
+        state = login_state(opts)
+        assert state is not None
+        checked = proxykernel(user_env(tmp_path), "check", "pxk-behind", "--python", sys.executable,
+                              "-F", str(config), timeout=60)
+        clean.append(checked.stdout + checked.stderr)
+        assert checked.returncode == 0, checked.stderr
+        assert "pxk-behind %s" % ASKS in checked.stdout  # the jump asks; the login covers it
+    finally:
+        subprocess.run(["proxykernel", "logout", "-F", str(config), "pxk-behind"], capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert login_state(opts) is None

@@ -46,10 +46,12 @@ class PasswordUser:
         return self
 
     def sshd_config(self) -> str:
-        """The sshd_config lines that ask this user for both a key and a password."""
+        """The sshd_config lines that ask this user for both a key and a password. This user may
+        forward TCP (as a bastion's users do, for ProxyJump); the others still may not."""
         return ("Match User %s\n"
                 "    PasswordAuthentication yes\n"
-                "    AuthenticationMethods publickey,password\n" % self.name)
+                "    AuthenticationMethods publickey,password\n"
+                "    AllowTcpForwarding local\n" % self.name)
 
     def remove(self) -> None:
         """``userdel -r`` and the user's agent directory (/tmp/proxykernel-UID); idempotent."""
