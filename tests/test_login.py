@@ -192,6 +192,7 @@ def test_one_login_serves_three_kernels_their_restarts_and_reconnects(host: TwoF
     assert ASKS not in log_path.read_text()
 
 
+@pytest.mark.timeout(240)  # 20 s of it waiting for the login, by design
 def test_a_drop_that_needs_a_new_login_waits_for_it_and_loses_nothing(host: TwoFactorHost, tmp_path: Path,
                                                                       clean: List[str]) -> None:
     clean.append(log_in(host))
@@ -250,9 +251,35 @@ def test_logout_closes_the_login_and_check_reports_both_states(host: TwoFactorHo
     assert login_state(host.opts) is not None
     again = proxykernel(user_env(tmp_path), "login", "-F", host.server.config_path, host.alias)
     assert again.returncode == 0 and "logged in until" in again.stdout  # kept: no second prompt
+    log_path = tmp_path / "proxy.log"
+    with open(log_path, "w") as log, logged_kernel(host, tmp_path, log) as (km, kc):
+        clean.append(str(log_path))
+        run_cell(kc, "x = 41")
+        out = proxykernel(user_env(tmp_path), "logout", "-F", host.server.config_path, host.alias)
+        assert (out.returncode, out.stdout) == (0, "%s: logged out\n" % host.alias)
+        assert login_state(host.opts) is None
+        deadline = time.monotonic() + 15
+        while ASKS not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the kernel's link is lost, and its reconnect refused
+        # No cell ran then: the notice shows in the next cell run, which waits for the login.
+        msg_id = kc.execute("print(x + 1)")
+        streams: List[Tuple[str, str]] = []
+        deadline = time.monotonic() + 60
+        logged_in = False
+        while time.monotonic() < deadline:
+            msg = kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                streams.append((msg["content"]["name"], msg["content"]["text"]))
+                if not logged_in:
+                    clean.append(log_in(host))
+                    logged_in = True
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        assert streams == [("stderr", "[proxykernel] %s\n" % host.sentence(WAITS)), ("stdout", "42\n")]
     out = proxykernel(user_env(tmp_path), "logout", "-F", host.server.config_path, host.alias)
     assert (out.returncode, out.stdout) == (0, "%s: logged out\n" % host.alias)
-    assert login_state(host.opts) is None
     out = proxykernel(user_env(tmp_path), "logout", "-F", host.server.config_path, host.alias)
     assert out.stdout == "%s: no shared connection was open\n" % host.alias
     assert one_error(check(host, tmp_path)).endswith("(no login is open), then check again")
