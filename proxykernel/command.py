@@ -1,4 +1,4 @@
-"""The ``proxykernel`` console command: add, list, remove, check, discover, deploy, demo.
+"""The ``proxykernel`` console command: add, list, remove, check, discover, deploy, login, logout, demo.
 
 A friendlier face on proxykernel/manage.py (kernelspecs), proxykernel/probe.py (looking at a
 remote host) and proxykernel/demo.py. Bad input or a failed step ends with one sentence on stderr
@@ -7,10 +7,12 @@ and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+from proxykernel import login
 from proxykernel.cli import check_batch_options, join_dash_values
 from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
 from proxykernel.ssh import SSHOptions
@@ -86,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_ = commands.add_parser("check", help="check that HOST can run a kernel, step by step",
                                  description="Connect to HOST and report each step with its time: "
-                                             "ssh, the remote Python, ipykernel, the agent cache, "
-                                             "the round-trip time.")
+                                             "the login, ssh, the remote Python, ipykernel, the agent "
+                                             "cache, the round-trip time.")
     _remote_options(check_)
 
     find = commands.add_parser("discover", help="find Pythons with ipykernel on HOST, add kernelspecs",
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "sending it.")
     _remote_options(deploy_)
 
+    _login_parsers(commands)
+
     commands.add_parser("demo", help="run a notebook through a proxied kernel on a private sshd",
                         description="Start a private sshd on 127.0.0.1 with throwaway keys, run a "
                                     "notebook through a proxied kernel, print where it ran, and "
@@ -116,9 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _login_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``login`` and ``logout`` take the ssh settings a kernelspec has: they name the shared connection."""
+    opened = commands.add_parser("login", help="log in to HOST in this terminal, for its kernels (password, OTP)",
+                                 description="Open the shared ssh connection to HOST in this terminal, "
+                                             "where ssh asks for a password or one-time code; kernels with "
+                                             "the same ssh settings use it, for --persist.")
+    opened.add_argument("--persist", default=login.DEFAULT_PERSIST, metavar="TIME",
+                        help="how long the connection stays after its last session, e.g. 12h, 90m "
+                             "(default: 12h)")
+    closed = commands.add_parser("logout", help="close the shared ssh connection to HOST",
+                                 description="Close the shared ssh connection to HOST that 'login' opened.")
+    for sub in (opened, closed):
+        sub.add_argument("host", metavar="HOST", help="ssh host or alias from your ssh config")
+        sub.add_argument("--ssh-option", "-o", action="append", default=[], metavar="NAME=VALUE",
+                         help="an option for ssh, as ssh -o takes it (repeatable; the kernelspec's)")
+        sub.add_argument("--ssh-config", "-F", metavar="FILE",
+                         help="an ssh config file to use instead of ~/.ssh/config (the kernelspec's)")
+
+
 def _ssh(args: argparse.Namespace) -> SSHOptions:
     return SSHOptions(host=args.host, config_file=args.ssh_config, options=tuple(args.ssh_option),
-                      connect_timeout=args.timeout)
+                      connect_timeout=getattr(args, "timeout", None))
 
 
 def _target(args: argparse.Namespace, python: str) -> Target:
@@ -174,7 +197,9 @@ def cmd_remove(args: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     print("checking %s with Python %s" % (args.host, args.python))
-    for step in check(_ssh(args), _target(args, args.python), args.timeout):
+    steps = itertools.chain(login.login_steps(_ssh(args), args.timeout),
+                            check(login.through_login(_ssh(args)), _target(args, args.python), args.timeout))
+    for step in steps:
         took = "%6.2f s" % step.seconds if step.seconds is not None else " " * 8
         print("  %-4s %-10s %s  %s" % ("ok" if step.ok else "note", step.name, took, step.detail),
               flush=True)
@@ -182,7 +207,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
-    info = deploy(ssh_runner(_ssh(args), args.timeout), _target(args, args.python))
+    info = deploy(ssh_runner(login.through_login(_ssh(args)), args.timeout), _target(args, args.python))
     print(deploy_report(info))
 
 
@@ -212,7 +237,7 @@ def _picked(args: argparse.Namespace, usable: List[int]) -> List[int]:
 def cmd_discover(args: argparse.Namespace) -> None:
     if args.pick is not None:
         _numbers(args.pick)  # a typo fails before the remote is asked
-    runner = ssh_runner(_ssh(args), args.timeout)
+    runner = ssh_runner(login.through_login(_ssh(args)), args.timeout)
     found = discover(runner, _target(args, args.python[0] if args.python else "python3"), args.python)
     usable = [number for number, env in enumerate(found, 1) if env["ipykernel"]]
     rows = [("%d" % number, env["source"], env["label"], "Python " + env["version"],
@@ -230,6 +255,17 @@ def cmd_discover(args: argparse.Namespace) -> None:
         print("added kernelspec %s for %s" % (name, env["python"]))
 
 
+def cmd_login(args: argparse.Namespace) -> None:
+    state = login.login(_ssh(args), login.parse_duration(args.persist))
+    print("%s: %s. Kernels there start, restart and reconnect without a prompt until then, or until "
+          "the connection drops; 'proxykernel logout %s' ends it" % (args.host, state.describe(), args.host))
+
+
+def cmd_logout(args: argparse.Namespace) -> None:
+    closed = login.logout(_ssh(args))
+    print("%s: %s" % (args.host, "logged out" if closed else "no shared connection was open"))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from proxykernel import demo
     code = demo.main()
@@ -239,7 +275,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "add": cmd_add, "list": cmd_list, "remove": cmd_remove, "check": cmd_check,
-    "discover": cmd_discover, "deploy": cmd_deploy, "demo": cmd_demo}
+    "discover": cmd_discover, "deploy": cmd_deploy, "login": cmd_login, "logout": cmd_logout, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 import zmq
 
 from proxykernel.config import ConnectionFileError, load_connection_file
+from proxykernel.notices import Cells
 from remote_agent.wire import Buffer
 
 __all__ = ["Frontend", "BindError", "SocketReader", "load_connection_file", "ConnectionFileError"]
@@ -138,6 +139,7 @@ class Frontend:
         self.subscribed = False
         self.requested = False
         self.held_iopub: Optional[Deque[List[bytes]]] = deque(maxlen=HELD_IOPUB)
+        self.cells = Cells()  # where the proxy's own notices go (``notify``)
         self.signer = MessageSigner(str(info["key"]).encode(),
                                     str(info.get("signature_scheme", "hmac-sha256")))
         loop = asyncio.get_running_loop()
@@ -172,6 +174,9 @@ class Frontend:
             return self._on_heartbeat
 
         def relay(frames: List[bytes]) -> None:
+            if channel == "shell":
+                for text, parent in self.cells.request(frames):  # held for the cell now run
+                    self._stream(text, parent)
             if channel in ("shell", "control") and not self.requested:
                 self.requested = True
                 self._release_iopub()
@@ -213,6 +218,16 @@ class Frontend:
             parent = json.loads(bytes(before[list(before).index(b"<IDS|MSG>") + 3]))
         except (ValueError, IndexError):
             parent = {}
+        self._stream(text, parent)
+
+    def notify(self, text: str) -> None:
+        """Show ``text`` on stderr in the cell that is running, or else in the next cell run; called
+        by ``Proxy`` for what the user must know and no kernel says (the host wants a new login)."""
+        parent = self.cells.notice(text)
+        if parent is not None:
+            self._stream(text, parent)
+
+    def _stream(self, text: str, parent: Dict[str, Any]) -> None:
         frames = self.signer.message("stream", {"name": "stderr", "text": text}, parent)
         self.send("iopub", [b"stream"] + frames)
 
@@ -224,6 +239,8 @@ class Frontend:
             self.held_iopub.append([bytes(frame) for frame in frames])  # views of buffers that move on
             return
         reader = self.readers.get(channel)
+        if channel == "shell":
+            self.cells.reply(frames)
         if reader is not None and channel != "hb":
             reader.send(frames)
 

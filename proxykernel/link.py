@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from proxykernel.bootstrap import BootReader, BootReply, boot_error
 from proxykernel.config import ProxyConfig
+from proxykernel.relogin import LoginWait, NeedsLogin
 from proxykernel.session import ready_sentence
 from proxykernel.ssh import explain_ssh_failure
 from remote_agent import wire
@@ -134,7 +135,7 @@ class Fail:
 
 
 Action = Union[StartSsh, KillSsh, StopMaster, Flush, Wake, Deliver, OutputDropped, RememberAgent,
-               ForgetAgent, Exit, Fail]
+               ForgetAgent, Exit, Fail, NeedsLogin]
 _FLUSH = Flush()
 
 
@@ -215,6 +216,7 @@ class Link:
         self.start_config = start_config
         self.conn = wire.Connection(wire.Role.PROXY, session=session, max_buffer=config.buffer_size)
         self.boot = AgentBoot(config.host, config.python, agent_cached, agent_size)
+        self.login_wait = LoginWait(config)  # a reconnect that needs the user's login says so once
         self.shared_master = shared_master
         self.started_at = started_at
         self.state = State.IDLE
@@ -289,11 +291,11 @@ class Link:
         if self.finished:
             return []
         if self.booting and not self.ready:
-            return self.fail(explain_ssh_failure(self.config.host, self.boot.ssh_lines, code))
+            return self.fail(explain_ssh_failure(self.config.host, self.boot.ssh_lines, code, self.config.ssh))
         if not self.ready:
             return self.fail("the remote agent on %s stopped before the kernel started (exit code %s); "
                              "see the lines above" % (self.config.host, code))
-        return self.lost(SshExited(code), now)
+        return self.lost(SshExited(code), now) + self.login_wait.check(self.boot.ssh_lines, self.lost_at)
 
     def note_ssh_line(self, line: str) -> None:
         """A line ssh printed that is not the agent's log: summarized if the start fails."""

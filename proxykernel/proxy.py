@@ -32,6 +32,7 @@ from proxykernel.frontend import BindError, Frontend
 from proxykernel.session import age, shutdown_reply
 from proxykernel.link import (Action, Deliver, Exit, Fail, Flush, ForgetAgent, KillSsh, Link, OutputDropped,
                               RememberAgent, StartSsh, StopMaster, Wake)
+from proxykernel.relogin import NeedsLogin
 from proxykernel.transport import SSHTransport, run_briefly
 
 __all__ = ["ProxyConfig", "Proxy", "kernel_id"]
@@ -139,7 +140,8 @@ class Proxy:
             Deliver: self.to_frontend, Flush: self.schedule_flush, StartSsh: self.start_ssh,
             KillSsh: self.kill_ssh, StopMaster: self.stop_master_soon, Wake: self.wake_at,
             OutputDropped: self.output_dropped, RememberAgent: lambda _: _touch(self.agent_memo),
-            ForgetAgent: lambda _: _remove(self.agent_memo), Exit: self.exited, Fail: self.failed}
+            ForgetAgent: lambda _: _remove(self.agent_memo), Exit: self.exited, Fail: self.failed,
+            NeedsLogin: self.needs_login}
 
     async def run(self) -> int:
         loop = self.loop
@@ -281,6 +283,10 @@ class Proxy:
     def output_dropped(self, action: OutputDropped) -> None:
         self.drop_notice = _drop_notice(action.frames, action.nbytes, self.config.buffer_size)
         log.warning("%s", self.drop_notice.strip())
+
+    def needs_login(self, action: NeedsLogin) -> None:
+        if self.frontend is not None:  # (the link has logged it)
+            self.frontend.notify("[proxykernel] %s\n" % action.sentence)
 
     def schedule_flush(self, _: Optional[Flush] = None) -> None:
         # Batches every message that arrived in this loop iteration into one pipe write.

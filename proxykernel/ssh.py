@@ -6,11 +6,13 @@ the ssh handshake overlaps those imports. ``transport.SSHTransport`` then adopts
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence
 
-__all__ = ["SSHOptions", "config_args", "ssh_argv", "spawn_ssh", "explain_ssh_failure"]
+__all__ = ["SSHOptions", "config_args", "ssh_argv", "spawn_ssh", "explain_ssh_failure", "needs_login",
+           "login_sentence", "START_AGAIN"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ def ssh_argv(opts: SSHOptions, remote_command: str) -> List[str]:
     argv = [opts.ssh, "-T"] + config_args(opts)  # -T, no tty: a tty would mangle the binary stream
     if opts.connect_timeout:
         argv += ["-o", "ConnectTimeout=%d" % max(1, round(opts.connect_timeout))]
+    # Never a prompt (password, one-time code, host key), which nobody would see: the user logs in
+    # once with 'proxykernel login', and this ssh goes through that connection.
+    argv += ["-o", "BatchMode=yes"]
     # "--" ends ssh's options, so a host value can never be read as one.
     return argv + ["--", opts.host, remote_command]
 
@@ -61,8 +66,29 @@ _SSH_FAILURES = [
 ]
 
 
-def explain_ssh_failure(host: str, stderr_lines: Sequence[str], returncode: Optional[int]) -> str:
-    """One sentence for an ssh that ended before the agent spoke."""
+# What ssh says when the server wants more than a key (BatchMode does not try these methods):
+# "Permission denied (publickey,password)." or, after a key was accepted, "(keyboard-interactive)."
+_INTERACTIVE = re.compile(r"Permission denied \(([^)]*\b(?:password|keyboard-interactive)\b[^)]*)\)")
+START_AGAIN = ", then start the kernel again"
+
+
+def needs_login(stderr_lines: Sequence[str]) -> bool:
+    """Did ssh (in BatchMode) fail because the host asks for a password or a one-time code?"""
+    return any(_INTERACTIVE.search(line) for line in stderr_lines)
+
+
+def login_sentence(opts: SSHOptions, then: str = START_AGAIN) -> str:
+    """What to do when ``needs_login``: the ``proxykernel login`` command for the same ssh settings
+    (they name the shared connection), and ``then`` what happens next."""
+    command = shlex.join(["proxykernel", "login"] + config_args(opts) + [opts.host])
+    return "%s asks for a password or one-time code: run '%s' in a terminal%s" % (opts.host, command, then)
+
+
+def explain_ssh_failure(host: str, stderr_lines: Sequence[str], returncode: Optional[int],
+                        opts: Optional[SSHOptions] = None) -> str:
+    """One sentence for an ssh that ended before the agent spoke (``opts``: how it was run)."""
+    if needs_login(stderr_lines):
+        return login_sentence(replace(opts, host=host) if opts else SSHOptions(host=host))
     text = "\n".join(stderr_lines)
     for pattern, sentence in _SSH_FAILURES:
         if re.search(pattern, text, re.IGNORECASE):

@@ -111,7 +111,7 @@ def _write(path: str, text: str, mode: int = 0o600) -> None:
 
 
 def _sshd_config(port: int, listen: str, host_key: str, authorized_keys: str, forwarding: bool,
-                 max_sessions: int) -> str:
+                 max_sessions: int, extra_config: str = "") -> str:
     """The server's config: keys under /tmp, no PAM, no forwarding unless asked, no client environment."""
     # Do not lock out 127.0.0.1 after the tests' deliberate auth failures.
     extra = "PerSourcePenalties no\n" if _openssh_version() >= (9, 8) else ""
@@ -141,7 +141,8 @@ def _sshd_config(port: int, listen: str, host_key: str, authorized_keys: str, fo
         "MaxSessions {max_sessions}\n"
         "LogLevel VERBOSE\n"
         "{extra}".format(port=port, listen=listen, hostkey=host_key, authkeys=authorized_keys,
-                         forwarding="local" if forwarding else "no", max_sessions=max_sessions, extra=extra))
+                         forwarding="local" if forwarding else "no", max_sessions=max_sessions, extra=extra)
+        + extra_config)
 
 
 def _host_block(alias: str, hostname: str, port: int, key: str, user: str, known_hosts: str,
@@ -183,12 +184,13 @@ class SSHServer:
     nosuchhost_alias = NOSUCHHOST_ALIAS
 
     def __init__(self, allow_tcp_forwarding: bool = False, netns: Optional[str] = None,
-                 listen_address: str = "127.0.0.1", max_sessions: int = 200) -> None:
+                 listen_address: str = "127.0.0.1", max_sessions: int = 200, extra_config: str = "") -> None:
         # Only the benchmark's ssh -L comparison turns this on; tests must not need forwarding.
         self.allow_tcp_forwarding = allow_tcp_forwarding
         self.netns = netns  # a network namespace (by name) to run sshd in; None: this host's
         self.listen_address = listen_address  # sshd's ListenAddress and the clients' HostName
         self.max_sessions = max_sessions  # sessions per connection (OpenSSH's default is 10)
+        self.extra_config = extra_config  # appended to sshd_config: Match blocks (testing/twofactor.py)
         self.tmpdir: Optional[str] = None  # None again after stop()
         self.port = 0
         self.pid = 0
@@ -242,7 +244,7 @@ class SSHServer:
         self.log_path = os.path.join(d, "sshd.log")
         _write(self.sshd_config_path, _sshd_config(self.port, self.listen_address, self.host_key_path,
                                                    self.authorized_keys_path, self.allow_tcp_forwarding,
-                                                   self.max_sessions))
+                                                   self.max_sessions, self.extra_config))
         _write(self.known_hosts_path,
                "[%s]:%d %s\n" % (self.listen_address, self.port, _pubkey(self.host_key_path)))
         blocks = [(self.alias, self.listen_address, self.client_key_path),
