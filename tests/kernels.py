@@ -73,6 +73,12 @@ def run_cell(kc: BlockingKernelClient, code: str, timeout: float = 60,
     return reply["content"], outputs
 
 
+def printed(kc: BlockingKernelClient, code: str, timeout: float = 60) -> str:
+    """What running ``code`` printed, its stream messages joined (under load ipykernel may flush a
+    line and its newline as two messages)."""
+    return "".join(out["text"] for kind, out in run_cell(kc, code, timeout)[1] if kind == "stream")
+
+
 def shell_reply(kc: BlockingKernelClient, msg_id: str, timeout: float = 20) -> Dict[str, Any]:
     """The shell reply to ``msg_id``, skipping stale ones (wait_for_ready may leave a kernel_info_reply)."""
     deadline = time.monotonic() + timeout

@@ -26,7 +26,7 @@ import pytest
 
 from proxykernel.testing.procs import descendants, read_stat
 from proxykernel.testing.sshd import stream_peer_pid
-from tests.kernels import proxy_argv, run_cell, running_kernel, shell_reply
+from tests.kernels import printed, proxy_argv, run_cell, running_kernel, shell_reply
 from tests.test_reconnect import remote_pid, ssh_child
 
 BUFFER_MB = 64
@@ -151,7 +151,7 @@ def test_burst_during_outage_stays_within_the_buffer_cap(sshd: Any, tmp_path: Pa
         assert int(match.group(1)) > 0
         assert received <= (BUFFER_MB + 2) * MiB
         assert peak["proxy"] <= BUFFER_MB + SLACK_MB, figures
-        assert run_cell(kc, "print(state)")[1] == [("stream", {"name": "stdout", "text": "kept\n"})]
+        assert printed(kc, "print(state)") == "kept\n"
         # The notice is exact to a frame's header (runs the peer partly has are shared pro rata).
         dropped = float(match.group(2)) * 1e6  # the notice counts MB of 10**6 bytes
         assert abs(dropped + received - BURST_MB * MiB) < 0.02 * BURST_MB * MiB, figures

@@ -20,7 +20,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
 
-from tests.kernels import alive, kernel_manager, proxy_argv, run_cell, shell_reply
+from tests.kernels import alive, printed, kernel_manager, proxy_argv, run_cell, shell_reply
 from tests.test_parent import wait_until_gone
 from tests.test_reconnect import host_pid
 
@@ -151,9 +151,9 @@ def test_a_start_for_the_same_notebook_reattaches(sshd: Any, spec_dir: Path, tmp
         assert shell_reply(kc2, info)["msg_type"] == "kernel_info_reply"
         assert len(seen_after) == len(set(seen_after)), seen_after
         assert sorted(seen_before + seen_after) == list(range(LINES)), (seen_before, seen_after)
-        assert run_cell(kc2, "print(x, os.getpid())")[1][0][1]["text"] == "42 %d\n" % pid
+        assert printed(kc2, "print(x, os.getpid())") == "42 %d\n" % pid
         assert "reattached to the kernel of analysis.ipynb started" in log.read_text()
-        assert run_cell(kc2, "import os; print(os.environ['JPY_SESSION_NAME'])")[1][0][1]["text"] \
+        assert printed(kc2, "import os; print(os.environ['JPY_SESSION_NAME'])") \
             == "analysis.ipynb\n"
 
         wrong_key_is_dropped_and_logged_once(kc2, log)
@@ -229,7 +229,7 @@ def test_the_session_name_reaches_the_kernel(sshd: Any, tmp_path: Path) -> None:
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=60)
-        text = run_cell(kc, "import os; print(os.environ.get('JPY_SESSION_NAME'))")[1][0][1]["text"]
+        text = printed(kc, "import os; print(os.environ.get('JPY_SESSION_NAME'))")
         assert text == "console-1\n"
     finally:
         kc.stop_channels()
@@ -255,7 +255,7 @@ def test_a_persistent_kernel_survives_a_shutdown_and_restart_still_restarts(sshd
     assert alive(kernel)
     with notebook_kernel("keep.ipynb", spec_dir, log) as (km, kc):
         kc.wait_for_ready(timeout=60)
-        assert run_cell(kc, "print(x, os.getpid())")[1][0][1]["text"] == "7 %d\n" % pid
+        assert printed(kc, "print(x, os.getpid())") == "7 %d\n" % pid
         km.restart_kernel(now=False)
         kc.wait_for_ready(timeout=60)
         assert run_cell(kc, "x")[0]["ename"] == "NameError", "a restart gives a fresh kernel"
