@@ -1,4 +1,4 @@
-"""The ``proxykernel`` console command: add, list, remove, check, discover, deploy, demo.
+"""The ``proxykernel`` console command: add, list, remove, check, discover, deploy, ps, stop, demo.
 
 A friendlier face on proxykernel/manage.py (kernelspecs), proxykernel/probe.py (looking at a
 remote host) and proxykernel/demo.py. Bad input or a failed step ends with one sentence on stderr
@@ -7,10 +7,13 @@ and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from proxykernel import ps
 from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
 from proxykernel.ssh import SSHOptions
 
@@ -39,6 +42,14 @@ def _remote_options(parser: argparse.ArgumentParser, python_required: bool = Tru
                         help="an ssh config file to use instead of ~/.ssh/config")
     parser.add_argument("--timeout", "-t", type=float, default=30, metavar="S",
                         help="seconds to wait for the remote (default: 30)")
+
+
+def _kernels_options(parser: argparse.ArgumentParser) -> None:
+    """``ps`` and ``stop``: the remote options of ``check``, any Python to run the listing, --json."""
+    _remote_options(parser, python_required=False)
+    parser.add_argument("--python", "-p", default="python3",
+                        help="remote Python >= 3.8 that reads the list (default: python3)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
 
 
 def _kernelspec_options(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
                                               "agent in the remote cache, so kernels start without "
                                               "sending it.")
     _remote_options(deploy_)
+
+    ps_ = commands.add_parser("ps", help="list the kernels the agent holds on HOST",
+                              description="List this user's kernels held by the agent on HOST: id, "
+                                          "session, kernel pid, start, attached or detached, memory, "
+                                          "how long a detached one lingers, Python.")
+    _kernels_options(ps_)
+    stop = commands.add_parser("stop", help="stop a kernel the agent holds on HOST",
+                               description="Stop a kernel held by the agent on HOST (as 'proxykernel "
+                                           "ps' lists it) by its id, a unique start of its id, or its "
+                                           "session name; or every detached one with --all.")
+    _kernels_options(stop)
+    which = stop.add_mutually_exclusive_group(required=True)
+    which.add_argument("kernel", nargs="?", metavar="ID|NAME", help="an id, its start, or a session name")
+    which.add_argument("--all", action="store_true", help="stop every kernel no proxy is attached to")
 
     commands.add_parser("demo", help="run a notebook through a proxied kernel on a private sshd",
                         description="Start a private sshd on 127.0.0.1 with throwaway keys, run a "
@@ -218,6 +243,28 @@ def cmd_discover(args: argparse.Namespace) -> None:
         print("added kernelspec %s for %s" % (name, env["python"]))
 
 
+def cmd_ps(args: argparse.Namespace) -> None:
+    reply = ps.ask(ssh_runner(_ssh(args), args.timeout), _target(args, args.python), ps.request("ps"))
+    if args.json:
+        print(json.dumps(dict(reply, host=args.host), indent=1))
+    elif not reply["kernels"]:
+        print("no kernels held on %s" % args.host)
+    else:
+        _print_table(ps.kernel_rows(reply, time.time()))
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    if args.kernel is not None and not args.kernel:
+        raise CommandError("give an id, the start of one, or a session name (see 'proxykernel ps %s')" % args.host)
+    wait = min(ps.STOP_WAIT, args.timeout / 2)  # the daemons' time to stop, within ssh's --timeout
+    reply = ps.ask(ssh_runner(_ssh(args), args.timeout), _target(args, args.python),
+                   ps.request("stop", args.kernel, args.all, wait))
+    lines, error = ps.stop_lines(reply, args.host, args.kernel)
+    print(json.dumps(dict(reply, host=args.host), indent=1) if args.json else "\n".join(lines))
+    if error is not None:
+        raise CommandError(error)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from proxykernel import demo
     code = demo.main()
@@ -227,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "add": cmd_add, "list": cmd_list, "remove": cmd_remove, "check": cmd_check,
-    "discover": cmd_discover, "deploy": cmd_deploy, "demo": cmd_demo}
+    "discover": cmd_discover, "deploy": cmd_deploy, "ps": cmd_ps, "stop": cmd_stop, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
