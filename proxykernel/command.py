@@ -119,9 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "ps' lists it) by its id, a unique start of its id, or its "
                                            "session name; or every detached one with --all.")
     _kernels_options(stop)
-    which = stop.add_mutually_exclusive_group(required=True)
-    which.add_argument("kernel", nargs="?", metavar="ID|NAME", help="an id, its start, or a session name")
-    which.add_argument("--all", action="store_true", help="stop every kernel no proxy is attached to")
+    stop.add_argument("kernel", nargs="?", metavar="ID|NAME", help="an id, its start, or a session name")
+    stop.add_argument("--all", action="store_true", help="stop every kernel no proxy is attached to")
 
     commands.add_parser("demo", help="run a notebook through a proxied kernel on a private sshd",
                         description="Start a private sshd on 127.0.0.1 with throwaway keys, run a "
@@ -254,8 +253,11 @@ def cmd_ps(args: argparse.Namespace) -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
-    if args.kernel is not None and not args.kernel:
-        raise CommandError("give an id, the start of one, or a session name (see 'proxykernel ps %s')" % args.host)
+    if args.all and args.kernel is not None:
+        raise CommandError("give a kernel or --all, not both")
+    if not args.all and not args.kernel:
+        raise CommandError("give the kernel's id, the start of it, or its session name (see 'proxykernel ps "
+                           "%s'), or --all for every detached one" % args.host)
     wait = min(ps.STOP_WAIT, args.timeout / 2)  # the daemons' time to stop, within ssh's --timeout
     reply = ps.ask(ssh_runner(_ssh(args), args.timeout), _target(args, args.python),
                    ps.request("stop", args.kernel, args.all, wait))
@@ -280,7 +282,11 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``proxykernel`` console script (setup.cfg)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "kernel", "") is None and len(rest) == 1 and not rest[0].startswith("-"):
+        args.kernel = rest[0]  # ``stop HOST -F FILE ID``: argparse took HOST alone for both positionals
+    elif rest:
+        parser.parse_args(argv)  # argparse's own error for what is left
     try:
         COMMANDS[args.command](args)
     except (CommandError, ProbeFailed, ValueError, OSError) as error:

@@ -102,9 +102,10 @@ def kernel_row(kernel: Dict[str, Any], remote_now: float, local_now: float) -> T
 
 
 def kernel_rows(reply: Dict[str, Any], local_now: float) -> List[Tuple[str, ...]]:
-    """The table of ``proxykernel ps`` (header first), oldest kernel first, for a reply received
+    """The table of ``proxykernel ps`` (header first), oldest kernel first (one between kernels
+    last), for a reply received
     when our clock read ``local_now``."""
-    kernels = sorted(reply["kernels"], key=lambda kernel: kernel.get("started") or 0)
+    kernels = sorted(reply["kernels"], key=lambda kernel: kernel.get("started") or reply["now"])
     return [HEADER] + [kernel_row(kernel, reply["now"], local_now) for kernel in kernels]
 
 

@@ -10,12 +10,12 @@ from types import ModuleType
 
 import pytest
 
-from proxykernel import remote_bootstrap, remote_checks, remote_discover, remote_probe
+from proxykernel import remote_bootstrap, remote_checks, remote_discover, remote_probe, remote_ps
 from proxykernel.bootstrap import agent_bundle, remote_command, remote_program
 from tests.userland import old_python
 
-PROGRAMS = [remote_bootstrap, remote_probe, remote_discover]
-CHECKED = [remote_bootstrap, remote_probe]  # the two that refuse a Python the agent cannot run on
+PROGRAMS = [remote_bootstrap, remote_probe, remote_discover, remote_ps]
+CHECKED = [remote_bootstrap, remote_probe, remote_ps]  # those that refuse a Python the agent cannot run on
 
 
 def _code(tree: ast.Module) -> str:
