@@ -25,7 +25,7 @@ __all__ = ["ask", "request", "kernel_rows", "kernel_row", "stop_lines", "duratio
            "SHORT_ID", "STOP_WAIT"]
 
 # The agent's modules remote_ps.py runs, in import order.
-AGENT_MODULES = ("paths", "procs", "status", "listing")
+AGENT_MODULES = ("paths", "handoff", "procs", "status", "listing")
 HEADER = ("ID", "SESSION", "PID", "STARTED", "STATE", "MEMORY", "LINGERS UNTIL", "PYTHON")
 SHORT_ID = 12  # hex digits of a daemon's id shown in the table; ``stop`` takes any unique prefix
 

@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from remote_agent import procs
+from remote_agent.handoff import connect
 from remote_agent.paths import runtime_dir
 from remote_agent.status import read_statuses
 
@@ -25,15 +26,23 @@ SOCKET_SUFFIX = ".sock"
 
 def is_daemon(status: Dict[str, Any], directory: str) -> bool:
     """Is the status's ``agent_pid`` still the daemon that wrote it? Alive, its socket still
-    there, and its command line (where it can be read) names its id: a pid reused by another
-    process is never taken for the daemon, so ``stop`` never signals a stranger."""
+    there, and its command line names its id (where it cannot be read: a daemon answers on that
+    socket, as a new daemon checks for a stale one): a pid reused by another process is never
+    taken for the daemon, so ``stop`` never signals a stranger."""
     pid = status.get("agent_pid")
     if not isinstance(pid, int) or pid <= 1 or not procs.alive(pid):
         return False
-    if not os.path.exists(os.path.join(directory, status["id"] + SOCKET_SUFFIX)):
+    path = os.path.join(directory, status["id"] + SOCKET_SUFFIX)
+    if not os.path.exists(path):
         return False
     line = procs.cmdline(pid)
-    return line is None or ("--id " + status["id"]) in line
+    if line is not None:
+        return ("--id " + status["id"]) in line
+    sock = connect(path)
+    if sock is None:
+        return False
+    sock.close()
+    return True
 
 
 def list_kernels(directory: str) -> List[Dict[str, Any]]:
@@ -71,14 +80,18 @@ def stop(kernels: List[Dict[str, Any]], directory: str, wait: float) -> List[Dic
     """SIGTERM to each daemon of ``kernels`` (it stops its kernel and exits), then wait up to
     ``wait`` seconds for all of them; each comes back with ``stopped`` and ``seconds``."""
     began = time.monotonic()
+    waiting = []
     for kernel in kernels:
         kernel["stopped"] = not is_daemon(kernel, directory)  # gone meanwhile: nothing to do
-        if not kernel["stopped"]:
-            try:
-                os.kill(kernel["agent_pid"], signal.SIGTERM)
-            except ProcessLookupError:
-                kernel["stopped"] = True
-    waiting = [kernel for kernel in kernels if not kernel["stopped"]]
+        if kernel["stopped"]:
+            continue
+        try:
+            os.kill(kernel["agent_pid"], signal.SIGTERM)
+            waiting.append(kernel)
+        except ProcessLookupError:
+            kernel["stopped"] = True
+        except PermissionError:
+            pass  # not ours after all: left alone, and reported as not stopped
     while waiting and time.monotonic() - began < wait:
         time.sleep(0.05)
         for kernel in list(waiting):
