@@ -54,6 +54,7 @@ class Kernels:
         self.proxies.append(proxy)
         kc = BlockingKernelClient()
         kc.load_connection_file(connection_file)
+        kc.hb_channel.time_to_dead = 10.0  # not 1 s: wait_for_ready gives up on one late beat under load
         kc.start_channels()
         self.clients.append(kc)
         kc.wait_for_ready(timeout=60)
