@@ -1,4 +1,5 @@
-"""The ``proxykernel`` console command: add, list, remove, check, discover, deploy, login, logout, demo.
+"""The ``proxykernel`` console command: add, list, remove, check, discover, deploy, login, logout, ps,
+stop, demo.
 
 A friendlier face on proxykernel/manage.py (kernelspecs), proxykernel/probe.py (looking at a
 remote host) and proxykernel/demo.py. Bad input or a failed step ends with one sentence on stderr
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import shlex
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from proxykernel import login
+from proxykernel import login, ps
 from proxykernel.cli import check_batch_options, join_dash_values
 from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
 from proxykernel.ssh import SSHOptions
@@ -51,6 +54,14 @@ def _batch_options(parser: argparse.ArgumentParser) -> None:
                              "--slurm '--partition=gpu --time=04:00:00' ('' for none)")
     parser.add_argument("--queue-timeout", type=float, metavar="S",
                         help="cancel a job that has not started after this long (default: wait)")
+
+
+def _kernels_options(parser: argparse.ArgumentParser) -> None:
+    """``ps`` and ``stop``: the remote options of ``check``, any Python to run the listing, --json."""
+    _remote_options(parser, python_required=False)
+    parser.add_argument("--python", "-p", default="python3",
+                        help="remote Python >= 3.8 that reads the list (default: python3)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
 
 
 def _kernelspec_options(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     _remote_options(deploy_)
 
     _login_parsers(commands)
+    ps_ = commands.add_parser("ps", help="list the kernels the agent holds on HOST",
+                              description="List this user's kernels held by the agent on HOST: id, "
+                                          "session, kernel pid, start, attached or detached, memory, "
+                                          "how long a detached one lingers, Python.")
+    _kernels_options(ps_)
+    stop = commands.add_parser("stop", help="stop a kernel the agent holds on HOST",
+                               description="Stop a kernel held by the agent on HOST (as 'proxykernel "
+                                           "ps' lists it) by its id, a unique start of its id, or its "
+                                           "session name; or every detached one with --all.")
+    _kernels_options(stop)
+    stop.add_argument("kernel", nargs="?", metavar="ID|NAME", help="an id, its start, or a session name")
+    stop.add_argument("--all", action="store_true", help="stop every kernel no proxy is attached to")
 
     commands.add_parser("demo", help="run a notebook through a proxied kernel on a private sshd",
                         description="Start a private sshd on 127.0.0.1 with throwaway keys, run a "
@@ -266,6 +289,31 @@ def cmd_logout(args: argparse.Namespace) -> None:
     print("%s: %s" % (args.host, "logged out" if closed else "no shared connection was open"))
 
 
+def cmd_ps(args: argparse.Namespace) -> None:
+    reply = ps.ask(ssh_runner(_ssh(args), args.timeout), _target(args, args.python), ps.request("ps"))
+    if args.json:
+        print(json.dumps(dict(reply, host=args.host), indent=1))
+    elif not reply["kernels"]:
+        print("no kernels held on %s" % args.host)
+    else:
+        _print_table(ps.kernel_rows(reply, time.time()))
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    if args.all and args.kernel is not None:
+        raise CommandError("give a kernel or --all, not both")
+    if not args.all and not args.kernel:
+        raise CommandError("give the kernel's id, the start of it, or its session name (see 'proxykernel ps "
+                           "%s'), or --all for every detached one" % args.host)
+    wait = min(ps.STOP_WAIT, args.timeout / 2)  # the daemons' time to stop, within ssh's --timeout
+    reply = ps.ask(ssh_runner(_ssh(args), args.timeout), _target(args, args.python),
+                   ps.request("stop", args.kernel, args.all, wait))
+    lines, error = ps.stop_lines(reply, args.host, args.kernel)
+    print(json.dumps(dict(reply, host=args.host), indent=1) if args.json else "\n".join(lines))
+    if error is not None:
+        raise CommandError(error)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from proxykernel import demo
     code = demo.main()
@@ -275,13 +323,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
     "add": cmd_add, "list": cmd_list, "remove": cmd_remove, "check": cmd_check,
-    "discover": cmd_discover, "deploy": cmd_deploy, "login": cmd_login, "logout": cmd_logout, "demo": cmd_demo}
+    "discover": cmd_discover, "deploy": cmd_deploy, "login": cmd_login, "logout": cmd_logout, "ps": cmd_ps,
+    "stop": cmd_stop, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``proxykernel`` console script (setup.cfg)."""
     parser = build_parser()
-    args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
+    argv = join_dash_values(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "kernel", "") is None and len(rest) == 1 and not rest[0].startswith("-"):
+        args.kernel = rest[0]  # ``stop HOST -F FILE ID``: argparse took HOST alone for both positionals
+    elif rest:
+        parser.parse_args(argv)  # argparse's own error for what is left
     try:
         check_batch_options(getattr(args, "slurm", None), getattr(args, "sudo", False))
         COMMANDS[args.command](args)

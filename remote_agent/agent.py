@@ -24,6 +24,7 @@ from remote_agent.link import FirstLink
 from remote_agent.reattach import carry_over, reattaches, signer
 from remote_agent.resign import Resigner
 from remote_agent.routing import Router
+from remote_agent.status import StatusFile, status_path
 from remote_agent.stream import Stream
 
 __all__ = ["Agent", "idle_expired", "POLL_MS", "IDLE_EXIT"]
@@ -63,6 +64,7 @@ class Agent:
         self.stream = Stream(self.conn, self.poller, options, self.log, self.handle_events)
         self.logs: Deque[str] = deque(maxlen=LOG_BACKLOG)
         self.exit_code: Optional[int] = None
+        self.status = StatusFile(status_path(options.id), options)  # what `proxykernel ps` shows
 
     def log(self, message: str) -> None:
         """To the proxy (so to Jupyter's log) when attached, and to the daemon's own log file."""
@@ -105,6 +107,9 @@ class Agent:
                 self.read_kernel_stderr()
             # the link's write fd when writable: flushed below
         self.check_timers(time.monotonic())
+        process = self.kernel.process
+        self.status.update(process.pid if process is not None else None, self.kernel.config,
+                           self.stream.link is not None, time.time())  # writes only on a change
         self.stream.flush()
 
     def check_timers(self, now: float) -> None:

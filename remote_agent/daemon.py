@@ -64,7 +64,7 @@ def daemon_main(argv: List[str]) -> None:
         code = agent.run(first)
     finally:
         listener.close()
-        for leftover in (path, path[:-len(".sock")] + ".log"):
+        for leftover in (path, path[:-len(".sock")] + ".log", path[:-len(".sock")] + ".json"):  # .json: status
             try:
                 os.unlink(leftover)
             except OSError:

@@ -24,6 +24,7 @@ print(json.dumps(sorted(added - set(sys.stdlib_module_names))))
     ("remote_agent.attach", {"remote_agent"}),  # runs on every reconnect: stdlib only
     ("remote_agent.handoff", {"remote_agent"}),  # attach's, too
     ("remote_agent.paths", {"remote_agent"}),
+    ("remote_agent.listing", {"remote_agent"}),  # with status, procs, paths: sent by `proxykernel ps`
     # A new daemon launches the kernel before it imports zmq: its entry and what that needs first.
     ("remote_agent.daemon", {"remote_agent"}),
     ("remote_agent.link", {"remote_agent"}),

@@ -14,7 +14,8 @@ from tests.userland import (execute_notebook, kernelspec, old_python, one_error,
                             stdout_of, user_env)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-SUBCOMMANDS = ["add", "list", "remove", "check", "discover", "deploy", "login", "logout", "demo"]
+SUBCOMMANDS = ["add", "list", "remove", "check", "discover", "deploy", "login", "logout", "ps", "stop",
+               "demo"]
 
 
 def _ssh(sshd: Any) -> List[str]:

@@ -10,12 +10,13 @@ from types import ModuleType
 
 import pytest
 
-from proxykernel import remote_batch, remote_bootstrap, remote_checks, remote_discover, remote_job, remote_probe
+from proxykernel import (remote_batch, remote_bootstrap, remote_checks, remote_discover, remote_job, remote_probe,
+                         remote_ps)
 from proxykernel.bootstrap import agent_bundle, remote_command, remote_program
 from tests.userland import old_python
 
-PROGRAMS = [remote_bootstrap, remote_probe, remote_discover, remote_batch, remote_job]
-CHECKED = [remote_bootstrap, remote_probe, remote_batch, remote_job]  # those that refuse a Python too old
+PROGRAMS = [remote_bootstrap, remote_probe, remote_discover, remote_batch, remote_job, remote_ps]
+CHECKED = [remote_bootstrap, remote_probe, remote_batch, remote_job, remote_ps]  # those that refuse a Python too old
 
 
 def _code(tree: ast.Module) -> str:
