@@ -5,8 +5,8 @@ with no check skipped. Through the test sshd, real kernels, jupyter_client as Ju
 (``JPY_SESSION_NAME`` in the kernel's environment)."""
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +23,7 @@ from jupyter_client.session import Session
 from tests.kernels import alive, printed, kernel_manager, proxy_argv, run_cell, shell_reply
 from tests.test_parent import wait_until_gone
 from tests.test_reconnect import host_pid
+from tests.userland import proxykernel, user_env
 
 LINES = 40  # the long cell prints one a 0.2 s: 8 s
 # Jupyter Server as the proxy sees it: a KernelManager that starts the kernel for a notebook.
@@ -217,7 +218,9 @@ def test_no_reattach_starts_a_fresh_kernel(sshd: Any, tmp_path: Path) -> None:
         kc2.wait_for_ready(timeout=60)
         assert run_cell(kc2, "x")[0]["ename"] == "NameError"
     assert alive(first), "the first kernel lingers for its own notebook frontend"
-    os.kill(first, signal.SIGTERM)  # (its daemon then ends too, at once: no kernel, no proxy)
+    assert listing(sshd, tmp_path)["plain.ipynb"]["attached"] is False
+    stopped = proxykernel(user_env(tmp_path), "stop", sshd.alias, "--ssh-config", str(sshd.config_path), "plain.ipynb")
+    assert stopped.returncode == 0, stopped.stderr
     wait_until_gone([first], 15.0)
 
 
@@ -235,11 +238,6 @@ def test_the_session_name_reaches_the_kernel(sshd: Any, tmp_path: Path) -> None:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
         km.cleanup_resources()
-
-
-def daemon_of(kernel: int) -> int:
-    """The agent daemon that runs the kernel (host pid ``kernel``): its parent."""
-    return int(Path("/proc/%d/stat" % kernel).read_text().rsplit(")", 1)[1].split()[1])
 
 
 def test_a_persistent_kernel_survives_a_shutdown_and_restart_still_restarts(sshd: Any, tmp_path: Path) -> None:
@@ -262,5 +260,16 @@ def test_a_persistent_kernel_survives_a_shutdown_and_restart_still_restarts(sshd
         fresh = host_pid(sshd, kernel_pid(kc))
     wait_until_gone([kernel], 15.0)
     assert alive(fresh), "the restarted kernel is persistent too"
-    os.kill(daemon_of(fresh), signal.SIGTERM)  # what 'proxykernel stop' does
+    listed = listing(sshd, tmp_path)["keep.ipynb"]
+    assert (listed["attached"], listed["persistent"], listed["linger"]) == (False, True, 120)
+    stopped = proxykernel(user_env(tmp_path), "stop", sshd.alias, "--ssh-config", str(sshd.config_path), "keep.ipynb")
+    assert stopped.returncode == 0, stopped.stderr
     wait_until_gone([fresh], 15.0)
+    assert "keep.ipynb" not in listing(sshd, tmp_path)
+
+
+def listing(sshd: Any, tmp_path: Path) -> Dict[str, Dict[str, Any]]:
+    """``proxykernel ps --json`` on the test sshd: the kernels by session name."""
+    result = proxykernel(user_env(tmp_path), "ps", sshd.alias, "--ssh-config", str(sshd.config_path), "--json")
+    assert result.returncode == 0, result.stderr
+    return {kernel["session"]: kernel for kernel in json.loads(result.stdout)["kernels"] if kernel["session"]}
