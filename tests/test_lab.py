@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 DISPLAY_NAME = "SSH lab test"
 KERNEL_NAME = kernel_name(DISPLAY_NAME)  # what add_kernel names it
+STOP_TIMEOUT = 15.0  # seconds for a SIGTERM'd Jupyter's kernel to end on the remote
 LINGER = 60  # the detached kernel's life: long enough for a second server to start on a busy machine
 
 Servers = Callable[[], JupyterServer]
@@ -108,5 +109,11 @@ def test_a_variable_outlives_a_killed_jupyter_server(lab_home: JupyterHome, serv
 
     second = servers()  # Jupyter started again, on the same notebooks
     notebook = open_notebook(browser, second, name)
-    assert alive(kernel)
     assert notebook.run("print(x, os.getpid())") == "42 %d" % pid
+    assert "reattached to the kernel of %s" % (lab_home.root / name) in second.log()
+
+    second.stop(signal.SIGTERM)  # a clean stop shuts the kernel down: nothing lingers
+    began = time.monotonic()
+    while alive(kernel):
+        assert time.monotonic() - began < STOP_TIMEOUT, "the kernel outlived a clean stop of Jupyter"
+        time.sleep(0.05)

@@ -117,6 +117,7 @@ class JupyterServer:
         self.process: Optional["subprocess.Popen[bytes]"] = None
         self.log_path = home.base / "server.log"
         self.started_in = 0.0  # seconds from the start until /api/status answered
+        self._log_start = 0
 
     @property
     def pid(self) -> int:
@@ -129,7 +130,8 @@ class JupyterServer:
         self.port = free_port()
         began = time.monotonic()
         with open(self.log_path, "ab") as log:
-            log.write(b"\n--- server on port %d\n" % self.port)
+            self._log_start = log.tell()  # servers of one home share the log; this one's part starts here
+            log.write(b"--- server on port %d\n" % self.port)
             log.flush()
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "jupyterlab", "--port=%d" % self.port, "--ip=127.0.0.1"],
@@ -187,11 +189,17 @@ class JupyterServer:
                 self.process.wait()
         return self.process.returncode
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log(self) -> str:
+        """What this server (and the proxies it started, on their stderr) wrote to its log."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode("utf-8", "replace")
         except OSError:
-            return "(no log)"
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:]) or "(empty log)"
 
     def __enter__(self) -> JupyterServer:
         return self.start()
