@@ -19,12 +19,12 @@ import pytest
 
 from proxykernel.manage import kernel_name
 from proxykernel.testing.jupyterlab import JupyterHome, JupyterServer
+from proxykernel.testing.labpage import CHROMIUM, LabNotebook, chromium
 from tests.kernels import alive
 from tests.test_reconnect import host_pid
 
-# Collected with the rest of the suite: missing pieces are a setup error, not a skip.
-assert os.access("/usr/bin/chromium", os.X_OK), "no /usr/bin/chromium: run scripts/setup-test-env"
-from proxykernel.testing.labpage import LabNotebook, chromium  # noqa: E402
+# Collected with the rest of the suite: a missing browser is a setup error, not a skip.
+assert os.access(CHROMIUM, os.X_OK), "no %s: run scripts/setup-test-env" % CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -85,12 +85,14 @@ def kernel_of(server: JupyterServer, name: str) -> str:
 def test_a_cell_runs_in_jupyterlab_on_the_proxied_kernel(lab_home: JupyterHome, servers: Servers,
                                                          browser: Any) -> None:
     name = "first.ipynb"
-    lab_home.write_notebook(name, KERNEL_NAME, DISPLAY_NAME)
+    # Saved with code in its last cell: the driver adds a cell below to type into.
+    lab_home.write_notebook(name, KERNEL_NAME, DISPLAY_NAME, cells=["'not run'"])
     server = servers()
     notebook = open_notebook(browser, server, name)
     began = time.monotonic()
     assert notebook.run("print(1+1)") == "2"
     print("cell ran in %.2f s" % (time.monotonic() - began))
+    assert notebook.cells().count() == 3  # the saved one, ours, and the one Shift+Enter added
     assert kernel_of(server, name) == KERNEL_NAME
 
 

@@ -93,13 +93,15 @@ class JupyterHome:
         return add_kernel(host=host, display_name=display_name, local_python_path=sys.executable,
                           remote_python_path=python, ssh_config=ssh_config, extra=extra, prefix=str(self.prefix))
 
-    def write_notebook(self, name: str, kernel_name: str, display_name: str = "") -> Path:
-        """An nbformat 4 notebook with one empty code cell, whose metadata asks for ``kernel_name``."""
+    def write_notebook(self, name: str, kernel_name: str, display_name: str = "",
+                       cells: Sequence[str] = ("",)) -> Path:
+        """An nbformat 4 notebook of code ``cells`` (one empty cell by default) whose metadata asks
+        for kernel ``kernel_name``, as Lab would save it."""
         notebook = {"nbformat": 4, "nbformat_minor": 5,
                     "metadata": {"kernelspec": {"name": kernel_name, "display_name": display_name or kernel_name,
                                                 "language": "python"}},
-                    "cells": [{"cell_type": "code", "id": "first", "metadata": {}, "source": "",
-                               "outputs": [], "execution_count": None}]}
+                    "cells": [{"cell_type": "code", "id": "cell-%d" % i, "metadata": {}, "source": source,
+                               "outputs": [], "execution_count": None} for i, source in enumerate(cells)]}
         path = self.root / name
         _write_json(path, notebook, mode=0o644)
         return path
