@@ -5,8 +5,13 @@ import json
 import math
 from typing import Any, Dict, List
 
+import pytest
+
 from bench.report import FIGURES, WAN_FIGURES, compare, table, targets, wan_table
 from bench.run import VARIANTS, Bench, Sizes
+
+# Timing- and memory-sensitive: run alone, after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.serial
 
 TINY = Sizes(starts=1, restarts=1, pass_count=10, comm_count=3, stdout_bytes=256 * 1024, stdout_reps=1,
              display_bytes=256 * 1024, display_reps=1, concurrent=2, ssh_true=1, wan_starts=1,

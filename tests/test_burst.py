@@ -29,6 +29,9 @@ from proxykernel.testing.sshd import stream_peer_pid
 from tests.kernels import printed, proxy_argv, run_cell, running_kernel, shell_reply
 from tests.test_reconnect import remote_pid, ssh_child
 
+# Timing- and memory-sensitive: run alone, after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.serial
+
 BUFFER_MB = 64
 SLACK_MB = 50  # what each side may use above the buffer cap (interpreter, libraries, ZMQ queues)
 BURST_MB = 300
@@ -39,6 +42,7 @@ MiB = 1024 * 1024
 # stream messages, then leaves a done-file with the burst's duration.
 BURST = """\
 import os, sys, time
+
 print("waiting", flush=True)
 deadline = time.monotonic() + 30
 while not os.path.exists({go!r}) and time.monotonic() < deadline:

@@ -26,6 +26,9 @@ from proxykernel.testing.sshd import SSHServer
 from tests.kernels import proxy_argv, run_cell, running_kernel, shell_reply
 from tests.test_reconnect import PRINT_UNTIL, ssh_child
 
+# Timing- and memory-sensitive: run alone, after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.serial
+
 OUTAGE = 30.0  # seconds the link stays down
 CHECK_EVERY = 0.5  # how often is_alive() and the client's heartbeat are checked during it
 POOL = ipaddress.ip_network("10.213.0.0/16")  # where the test's /30 is picked (private, RFC 1918)

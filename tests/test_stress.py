@@ -12,6 +12,9 @@ import pytest
 
 from bench.run import ROOT
 
+# Timing- and memory-sensitive: run alone, after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.serial
+
 SESSIONS = 24
 
 
