@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import socket
 import sys
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
@@ -63,6 +64,27 @@ def parse_env(values: Sequence[str]) -> Dict[str, str]:
                 raise ValueError("--env expects VAR=value pairs, not %r" % pair)
             env[name] = setting
     return env
+
+
+def hold_ports(info: Dict[str, object]) -> List[socket.socket]:
+    """Bind the TCP ports Jupyter chose for this kernel at once, so that no other process (another
+    kernel starting, an outgoing connection's local port) takes one during the proxy's imports; they
+    are released just before the proxy binds them with ZMQ. Called by ``main``; a port that cannot be
+    bound is left to the proxy, which reports it in one sentence."""
+    if info.get("transport", "tcp") != "tcp":
+        return []
+    ip = str(info.get("ip", "127.0.0.1"))
+    held = []
+    for channel in ("shell", "iopub", "stdin", "control", "hb"):
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZMQ binds it after us
+            sock.bind((ip, int(str(info["%s_port" % channel]))))
+        except (OSError, ValueError):
+            sock.close()
+            continue
+        held.append(sock)
+    return held
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,9 +189,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                          slurm=args.slurm, queue_timeout=args.queue_timeout)
 
     # ssh first: its handshake (~0.2 s) then overlaps the imports of asyncio, zmq and tornado.
-    first_ssh, control, failure = None, None, None
+    first_ssh, control, failure, held = None, None, None, []
     try:
-        key = str(load_connection_file(config.connection_file)["key"])
+        info = load_connection_file(config.connection_file)
+        held = hold_ports(info)
+        key = str(info["key"])
         control = control_path(config)
         first_ssh = spawn_ssh(ssh_command(config, key, control))
     except ConnectionFileError:
@@ -184,6 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from proxykernel.proxy import Proxy
 
     async def run() -> int:
+        for sock in held:
+            sock.close()  # the Proxy binds them now, with ZMQ
         return await Proxy(config, first_ssh, control).run()
 
     return asyncio.run(run())

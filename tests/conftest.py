@@ -25,6 +25,13 @@ from proxykernel.testing.sshd import SSHServer  # noqa: E402
 
 LEFTOVER_GRACE = 3.0  # seconds a test's processes get to exit after the test
 
+# A client with no KernelManager (one that loads a connection file) calls a kernel dead when one
+# heartbeat is 1 s late, which happens on 2 loaded cores with several test workers; Jupyter's own
+# kernel restarter allows minutes. The tests check liveness themselves, by PID.
+from jupyter_client.channels import HBChannel  # noqa: E402
+
+HBChannel.time_to_dead = 10.0
+
 
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[SSHServer]:
