@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import List
 
 from proxykernel.batch import JobWatch
+from proxykernel.batch_check import refusal
+from proxykernel.scheduler import Slurm
 
 
 class Clock:
@@ -52,3 +54,14 @@ def test_a_cell_run_while_waiting_shows_the_news_in_its_output() -> None:
     watch.show_in_cell(Cells(), "shell", [b"id", b"<IDS|MSG>", b"sig", header, b"{}", b"{}", b"{}"])
     watch.show_in_cell(Cells(), "control", [b"id", b"<IDS|MSG>", b"sig", header, b"{}", b"{}", b"{}"])
     assert shown == ["[proxykernel] Slurm job 3 PENDING (Priority) for 7 s; the cell runs when the job starts\n"]
+
+
+def test_what_a_test_submission_said() -> None:
+    said = "sbatch: Job 2 to start at 2024-05-02T10:16:02 using 4 processors on nodes n7 in partition gpu"
+    assert Slurm().estimated_start(said) == "2024-05-02T10:16:02 (4 processors on nodes n7 in partition gpu)"
+    assert Slurm().estimated_start("sbatch: something else") is None
+    assert refusal("sbatch: unrecognized option '--x'\nTry \"sbatch --help\" for more information\n", 255) == \
+        "unrecognized option '--x'"
+    assert refusal("sbatch: error: invalid partition specified: nope\nallocation failure: Invalid\n", 1) == \
+        "invalid partition specified: nope"
+    assert refusal("", 1) == "no message (exit code 1)"

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from proxykernel.testing.slurm import SlurmCluster
 from tests.kernels import alive, kernel_manager, proxy_argv, run_cell, running_kernel, shell_reply
 from tests.test_kernel import CELLS, _normal
 from tests.test_reconnect import FAST, PRINT_UNTIL, collect_lines, dropping
+from tests.userland import one_error, proxykernel, user_env
 
 Kernel = Tuple[KernelManager, BlockingKernelClient]
 
@@ -250,3 +252,27 @@ def test_scancel_from_outside_is_a_dead_kernel_with_the_reason(sshd: Any, slurm:
         km.shutdown_kernel(now=True)
         km.cleanup_resources()
     assert "Slurm job %s ended: CANCELLED" % job in stderr, stderr[-2000:]
+
+
+def test_check_with_slurm_options(sshd: Any, slurm: SlurmCluster, tmp_path: Path) -> None:
+    def check(options: str, pre_command: str = slurm.pre_command) -> "subprocess.CompletedProcess[str]":
+        return proxykernel(user_env(tmp_path), "check", sshd.alias, "--python", sys.executable, "--ssh-config",
+                           str(sshd.config_path), "--pre-command", pre_command, "--slurm", options)
+    good = check("--time=10 --partition=debug")
+    assert good.returncode == 0, good.stderr
+    steps = re.findall(r"^  ok +(\S+) .*$", good.stdout, re.M)
+    assert steps[-3:] == ["slurm", "options", "start"], good.stdout
+    assert re.search(r"ok +slurm +\d+\.\d\d s  sbatch, srun, squeue, scancel are on PATH", good.stdout)
+    assert re.search(r"ok +options +sbatch accepts --time=10 --partition=debug\n", good.stdout)
+    assert re.search(r"ok +start +a job would start at \S+ \(1 processors on nodes %s in partition debug\)"
+                     % slurm.host, good.stdout), good.stdout
+    assert good.stdout.rstrip().endswith("is ready for proxykernel in Slurm jobs")
+    assert one_error(check("--time=10 --bogus")) == \
+        "proxykernel check: error: Slurm refused --time=10 --bogus on %s: unrecognized option '--bogus'" % sshd.alias
+    assert one_error(check("--partition=nope")) == \
+        "proxykernel check: error: Slurm refused --partition=nope on %s: invalid partition specified: nope" \
+        % sshd.alias
+    assert one_error(check("", "export PATH=/nonexistent")) == \
+        "proxykernel check: error: Slurm's sbatch is not on PATH on %s: load it with --pre-command " \
+        "(e.g. 'module load slurm')" % sshd.alias
+    assert slurm.jobs() == []  # a test submission submits nothing
