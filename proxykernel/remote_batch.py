@@ -133,7 +133,7 @@ def wait_running(spec, job, since):
             ended(spec, job, fields)
         now = time.time()
         if fields != last or now - told_at >= REPORT_EVERY:
-            tell("state", [spec["label"], job, fields[0], fields[1], "%d" % (now - since), fields[2]])
+            tell("state", [spec["label"], job, fields[0], fields[1], "%.3f" % (now - since), fields[2]])
             last, told_at = fields, now
         if fields[0] in spec["running"]:
             return fields[2]

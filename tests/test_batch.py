@@ -20,12 +20,12 @@ class Clock:
 def test_a_waiting_job_counts_its_wait_on_between_reports() -> None:
     clock = Clock()
     watch = JobWatch(True, clock)
-    assert watch.feed("PXKJOB state Slurm|12|PENDING|Resources|4|")
+    assert watch.feed("PXKJOB state Slurm|12|PENDING|Resources|4.250|")
     assert (watch.job, watch.waiting) == ("12", True)
     assert watch.news == "Slurm job 12 PENDING (Resources) for 4 s"
     clock.now += 30.5  # no new line: the state has not changed, the wait goes on
     assert watch.news == "Slurm job 12 PENDING (Resources) for 34 s"
-    watch.feed("PXKJOB state Slurm|12|RUNNING|None|41|node7")
+    watch.feed("PXKJOB state Slurm|12|RUNNING|None|41.316|node7")
     clock.now += 100
     assert (watch.waiting, watch.news) == (False, "Slurm job 12 RUNNING on node7 after 41 s in the queue")
 
@@ -65,3 +65,9 @@ def test_what_a_test_submission_said() -> None:
     assert refusal("sbatch: error: invalid partition specified: nope\nallocation failure: Invalid\n", 1) == \
         "invalid partition specified: nope"
     assert refusal("", 1) == "no message (exit code 1)"
+
+
+def test_a_short_wait_is_shown_to_the_hundredth() -> None:
+    watch = JobWatch(True, Clock())
+    watch.feed("PXKJOB state Slurm|3|RUNNING|None|0.052|n1")
+    assert watch.news == "Slurm job 3 RUNNING on n1 after 0.05 s in the queue"
