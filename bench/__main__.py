@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from bench.report import compare, table, targets, wan_table
+from bench.report import compare, slurm_table, table, targets, wan_table
 from bench.run import FULL, QUICK, ROOT, VARIANTS, Bench
 
 RESULTS = ROOT / "bench" / "results"
@@ -20,6 +20,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute)")
     parser.add_argument("--wan", action="store_true",
                         help="also measure through a delaying TCP proxy (20 ms each way)")
+    parser.add_argument("--slurm", action="store_true",
+                        help="also a kernel in a Slurm job, on a single-node cluster brought up here "
+                             "(proxykernel/testing/slurm.py; needs slurm-wlm and munge)")
     parser.add_argument("--json", metavar="PATH", type=Path, default=RESULTS / "latest.json",
                         help="where to write the results (default: bench/results/latest.json)")
     parser.add_argument("--baseline", metavar="PATH", type=Path,
@@ -47,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     log_path = RESULTS / "kernels.log"
     log_path.write_bytes(b"")
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    with Bench(sizes, variants, wan=args.wan, log_path=log_path, say=say) as bench:
+    with Bench(sizes, variants, wan=args.wan, log_path=log_path, say=say, slurm=args.slurm) as bench:
         result = bench.run()
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +59,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if result.get("wan"):
         print()
         print(wan_table(result))
+    if args.slurm:
+        print()
+        print(slurm_table(result))
     checks = targets(result)
     if checks:
         print("\nissue 5 targets, on this run:")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["FIGURES", "WAN_FIGURES", "table", "wan_table", "targets", "compare"]
+__all__ = ["FIGURES", "WAN_FIGURES", "SLURM_FIGURES", "table", "wan_table", "slurm_table", "targets", "compare"]
 
 # key, label, unit, which way is better
 FIGURES: List[Tuple[str, str, str, str]] = [
@@ -38,6 +38,15 @@ WAN_FIGURES: List[Tuple[str, str, str, str]] = [
     ("sshl_pass_rtts", "ssh -L 'pass', in round trips", "RTT", "lower"),
     ("warm_pass_ms", "proxykernel 'pass' round trip, median", "ms", "lower"),
     ("warm_pass_rtts", "proxykernel 'pass', in round trips", "RTT", "lower"),
+]
+# The Slurm section (bench/slurm.py), beside the login-node kernel (d)'s same figure.
+SLURM_FIGURES: List[Tuple[str, str, str, str]] = [
+    ("start_s", "start -> kernel_info_reply (median)", "s", "lower"),
+    ("queue_s", "  of which in the queue (median)", "s", "lower"),
+    ("start_minus_queue_s", "  start without the queue (median)", "s", "lower"),
+    ("restart_s", "restart in place (same job), median", "s", "lower"),
+    ("pass_ms", "execute 'pass' round trip, median", "ms", "lower"),
+    ("stdout_mb_s", "stdout throughput", "MB/s", "higher"),
 ]
 COLUMNS = [("local", "(a) local"), ("sshl", "(b) ssh -L"), ("cold", "(c) pxk cold"),
            ("warm", "(d) pxk warm")]
@@ -89,6 +98,23 @@ def wan_table(result: Dict[str, Any]) -> str:
     for key, label, unit, _ in WAN_FIGURES:
         if key in wan:
             lines.append("  %-46s %-4s %s" % (label, unit, _num(wan[key], 9)))
+    return "\n".join(lines)
+
+
+def slurm_table(result: Dict[str, Any]) -> str:
+    """The Slurm section beside the login-node figures (d), and where they come from."""
+    if "slurm_skipped" in result:
+        return "no Slurm figures: %s" % result["slurm_skipped"]
+    slurm = result.get("slurm")
+    if not slurm:
+        return ""
+    warm = result["figures"].get("warm", {})
+    head = "%-40s %-5s%16s%16s" % ("a kernel in a Slurm job", "unit", "(d) login node", "(e) Slurm job")
+    lines = [head, "-" * len(head)]
+    for key, label, unit, _ in SLURM_FIGURES:
+        lines.append("%-40s %-5s%16s%16s" % (label, unit, _num(warm.get(key), 16).strip(),
+                                             _num(slurm.get(key), 16).strip()))
+    lines.append("(e): %s" % result.get("slurm_source", ""))
     return "\n".join(lines)
 
 
@@ -167,4 +193,7 @@ def compare(result: Dict[str, Any], baseline: Dict[str, Any], tolerance: float) 
     for key, label, unit, better in WAN_FIGURES:
         judge("wan", label, unit, better, (result.get("wan") or {}).get(key),
               (baseline.get("wan") or {}).get(key))
+    for key, label, unit, better in SLURM_FIGURES:
+        judge("slurm", label.strip(), unit, better, (result.get("slurm") or {}).get(key),
+              (baseline.get("slurm") or {}).get(key))
     return worse

@@ -76,10 +76,13 @@ class Bench:
     """Owns the sshd, the kernelspecs, the log and every process; ``close()`` stops them all."""
 
     def __init__(self, sizes: Sizes = FULL, variants: Any = VARIANTS, wan: bool = False,
-                 log_path: Optional[Path] = None, say: Callable[[str], None] = print) -> None:
+                 log_path: Optional[Path] = None, say: Callable[[str], None] = print,
+                 slurm: Any = None) -> None:
+        """``slurm``: True (or a running SlurmCluster to use) for the Slurm section (bench/slurm.py)."""
         self.sizes = sizes
         self.variants = [v for v in VARIANTS if v in variants]
         self.wan = wan
+        self.slurm = slurm
         self.say = say
         self.tmp = Path(tempfile.mkdtemp(prefix="pxk-bench-"))
         self.log_path = log_path or self.tmp / "kernels.log"
@@ -177,6 +180,8 @@ class Bench:
             self.say("measuring over the emulated WAN (%.0f ms round trip) ..." % (4e3 * self.sizes.wan_delay / 2))
             local_start = result["figures"].get("local", {}).get("start_s")
             result["wan"] = self.measure_wan(local_start)
+        if self.slurm:
+            self.measure_slurm(result)
         result["meta"]["seconds"] = round(time.perf_counter() - began, 1)
         result["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         self.stop_masters()  # by design they outlive their kernels by --connection-persist
@@ -184,6 +189,19 @@ class Bench:
         result["meta"]["remote_leftovers"] = [" ".join(procs.cmdline(p))[:120]
                                               for p in self.sshd.session_pids()]
         return result
+
+    def measure_slurm(self, result: Dict[str, Any]) -> None:
+        """The Slurm section, where a cluster can be brought up; else why not, in ``slurm_skipped``."""
+        from bench.slurm import SOURCE, measure_slurm, unavailable
+        cluster = None if self.slurm is True else self.slurm
+        why = unavailable() if cluster is None else None
+        if why is not None:
+            self.say("no Slurm section: %s" % why)
+            result["slurm_skipped"] = why
+            return
+        self.say("measuring a kernel in a Slurm job (a single-node cluster on this machine) ...")
+        result["slurm"] = measure_slurm(self, cluster)
+        result["slurm_source"] = SOURCE
 
     def stop_masters(self) -> None:
         """``ssh -O exit`` for the shared ControlMasters the proxies left in our runtime dirs."""

@@ -13,11 +13,12 @@ import json
 import shlex
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from proxykernel import login, ps
+from proxykernel.batch_check import batch_check
 from proxykernel.cli import check_batch_options, join_dash_values
-from proxykernel.probe import ProbeFailed, Target, check, deploy, deploy_report, discover, ssh_runner
+from proxykernel.probe import ProbeFailed, Step, Target, check, deploy, deploy_report, discover, ssh_runner
 from proxykernel.ssh import SSHOptions
 
 __all__ = ["main", "build_parser"]
@@ -100,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     check_ = commands.add_parser("check", help="check that HOST can run a kernel, step by step",
                                  description="Connect to HOST and report each step with its time: "
                                              "the login, ssh, the remote Python, ipykernel, the agent "
-                                             "cache, the round-trip time.")
+                                             "cache, the round-trip time; with --slurm, the scheduler "
+                                             "on the login host HOST and the sbatch options.")
     _remote_options(check_)
+    _batch_options(check_)
 
     find = commands.add_parser("discover", help="find Pythons with ipykernel on HOST, add kernelspecs",
                                description="List the Python environments on HOST (conda environments, "
@@ -220,13 +223,16 @@ def cmd_remove(args: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     print("checking %s with Python %s" % (args.host, args.python))
-    steps = itertools.chain(login.login_steps(_ssh(args), args.timeout),
-                            check(login.through_login(_ssh(args)), _target(args, args.python), args.timeout))
+    ssh, target = login.through_login(_ssh(args)), _target(args, args.python)
+    steps: Iterator[Step] = itertools.chain(login.login_steps(_ssh(args), args.timeout),
+                                            check(ssh, target, args.timeout))
+    if args.slurm is not None:
+        steps = itertools.chain(steps, batch_check(ssh_runner(ssh, args.timeout), target, args.slurm))
     for step in steps:
         took = "%6.2f s" % step.seconds if step.seconds is not None else " " * 8
         print("  %-4s %-10s %s  %s" % ("ok" if step.ok else "note", step.name, took, step.detail),
               flush=True)
-    print("%s is ready for proxykernel" % args.host)
+    print("%s is ready for proxykernel%s" % (args.host, " in Slurm jobs" if args.slurm is not None else ""))
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:

@@ -92,6 +92,8 @@ def kernel_row(kernel: Dict[str, Any], remote_now: float, local_now: float) -> T
     state = "%s (%s)" % ("attached" if kernel.get("attached") else "detached", duration(since))
     if kernel.get("persistent"):
         state += ", persistent"
+    if kernel.get("job"):  # a kernel in a batch job (--slurm)
+        state += ", job %s" % _printable(str(kernel["job"]))
     started = kernel.get("started")
     until = kernel.get("lingers_until")
     return (kernel["id"][:SHORT_ID], _printable(kernel.get("session") or "-"),

@@ -133,7 +133,7 @@ def wait_running(spec, job, since):
             ended(spec, job, fields)
         now = time.time()
         if fields != last or now - told_at >= REPORT_EVERY:
-            tell("state", [spec["label"], job, fields[0], fields[1], "%d" % (now - since), fields[2]])
+            tell("state", [spec["label"], job, fields[0], fields[1], "%.3f" % (now - since), fields[2]])
             last, told_at = fields, now
         if fields[0] in spec["running"]:
             return fields[2]
@@ -148,6 +148,27 @@ def wait_running(spec, job, since):
         interval = min(interval * 2, POLL_MOST)
 
 
+def on_path(name):
+    # type: (str) -> bool
+    """Is the command ``name`` on PATH here?"""
+    return any(os.access(os.path.join(folder, name), os.X_OK)
+               for folder in os.environ.get("PATH", "").split(os.pathsep) if folder)
+
+
+def dry_run(spec):
+    # type: (Spec) -> NoReturn
+    """``proxykernel check --slurm`` (batch_check.py): answers ``INFO`` and a base64 JSON object:
+    the scheduler commands not on PATH, else the test submission's exit status and what it said."""
+    import base64
+    import json
+    found = {"missing": [name for name in spec["commands"] if not on_path(name)]}  # type: dict[str, object]
+    if not found["missing"]:
+        code, out, err = run(spec, spec["test"] + spec["options"], {}, spec["script"])
+        found.update(code=code, said=(err + out).strip())
+    say("INFO " + base64.b64encode(json.dumps(found).encode()).decode())
+    sys.exit(0)
+
+
 def main(argv):
     # type: (list[str]) -> None
     """Run by ``python -c`` on the login host: ``argv[1]`` is the JSON spec."""
@@ -155,6 +176,8 @@ def main(argv):
     import json
     import time
     spec = json.loads(argv[1])
+    if spec.get("test"):
+        dry_run(spec)
     job = spec["job"] or read_job(spec)
     if job:
         fields = query(spec, job)

@@ -37,7 +37,7 @@ def main(argv):
     from remote_agent.handoff import options
     job_file, output = job_files(options(argv[3:]).id, job)
     try:
-        daemon_main(argv[3:])
+        daemon_main(argv[3:] + (["--job", job] if job else []))
     finally:
         try:
             with open(job_file) as handle:

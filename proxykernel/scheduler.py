@@ -8,13 +8,17 @@ The scheduler is driven on the login host by ``remote_batch.py``, through four c
 - ``attach(command)``: runs ``command`` as a new step of the running job ``@PXK_JOB@`` on its node
   ``@PXK_NODE@``, with the session's stdin and stdout, byte-exact and unbuffered;
 - ``state()``: prints ``STATE|REASON|NODE`` for the job; nothing (or fails) once it is forgotten;
-- ``cancel()``: ends the job.
+- ``cancel()``: ends the job;
+- ``test_submit()``: checks the options (that follow it) without submitting, and says when such a
+  job would start, which ``estimated_start`` picks out (``proxykernel check --slurm``).
 
 plus which states mean running and which waiting (any other: ended), and the variable in which
 the job's processes find its id. PBS or LSF would be one more subclass; nothing else changes.
 Made by ``batch.batch_command`` (the proxy's start) and ``probe`` (``proxykernel check``).
 """
 from __future__ import annotations
+
+import re
 
 from typing import List, Optional, Sequence, Tuple
 
@@ -36,6 +40,10 @@ class Scheduler:
 
     def test_submit(self) -> List[str]:
         """Like ``submit``, but only checks the options and prints the estimated start."""
+        raise NotImplementedError
+
+    def estimated_start(self, said: str) -> Optional[str]:
+        """What ``test_submit`` said (stderr and stdout) about when the job would start; None if nothing."""
         raise NotImplementedError
 
     def attach(self, command: Sequence[str]) -> List[str]:
@@ -61,6 +69,13 @@ class Slurm(Scheduler):
 
     def test_submit(self) -> List[str]:
         return ["sbatch", "--test-only"]
+
+    def estimated_start(self, said: str) -> Optional[str]:
+        # "sbatch: Job 2 to start at 2024-05-02T10:16:02 using 1 processors on nodes n7 in partition debug"
+        found = re.search(r"to start at (\S+)(?: using (.*))?", said)
+        if found is None:
+            return None
+        return found.group(1) + (" (%s)" % found.group(2).strip() if found.group(2) else "")
 
     def attach(self, command: Sequence[str]) -> List[str]:
         # --overlap: beside the job's other steps (else a second step waits); -u: bytes unbuffered

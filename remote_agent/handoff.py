@@ -32,6 +32,7 @@ def options(argv: List[str]) -> argparse.Namespace:
     # In a batch job the daemon is the job's own process: attach waits this long for its socket
     # instead of forking a daemon into its own short-lived step.
     parser.add_argument("--wait-daemon", type=float, default=0.0)
+    parser.add_argument("--job", help="the batch job the daemon runs in (remote_job), for `proxykernel ps`")
     return parser.parse_args(argv)
 
 

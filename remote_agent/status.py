@@ -10,8 +10,8 @@ The file is 0600 in the 0700 runtime directory and replaced atomically (a tempor
 session key, nothing from the kernel's connection file. Fields (times are wall-clock, ``time.time``):
 ``id``, ``agent_pid`` (the daemon), ``session`` (the Start config's ``"session"``, None if absent),
 ``persistent``, ``kernel_pid`` (None between kernels), ``python``, ``started`` (the kernel's start),
-``attached``, ``since`` (the last attach or detach), ``linger`` (seconds), ``job`` (free for a
-batch scheduler's job id; None).
+``attached``, ``since`` (the last attach or detach), ``linger`` (seconds), ``job`` (the batch
+job the daemon runs in, ``--slurm``: its id as a string; else None).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class StatusFile:
                 "session": session if isinstance(session, str) else None,
                 "persistent": bool(config.get("persistent", False)), "kernel_pid": kernel_pid,
                 "python": sys.executable, "started": self.started, "attached": attached,
-                "since": self.since, "linger": float(self.options.linger), "job": None}
+                "since": self.since, "linger": float(self.options.linger), "job": getattr(self.options, "job", None)}
 
 
 def read_statuses(directory: str) -> List[Tuple[str, Dict[str, Any]]]:

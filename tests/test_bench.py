@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any, Dict, List
 
 import pytest
 
-from bench.report import FIGURES, WAN_FIGURES, compare, table, targets, wan_table
+from bench.report import FIGURES, SLURM_FIGURES, WAN_FIGURES, compare, slurm_table, table, targets, wan_table
 from bench.run import VARIANTS, Bench, Sizes
+from proxykernel.testing.slurm import SlurmCluster
 
 # Timing- and memory-sensitive: run alone, after the parallel part of the suite (scripts/test).
 pytestmark = pytest.mark.serial
@@ -58,3 +60,16 @@ def test_a_tiny_run_reports_every_figure() -> None:
     slower["figures"]["warm"]["stdout_mb_s"] *= 2
     worse = compare(result, slower, 0.1)
     assert len(worse) == 2 and all("warm" in line for line in worse)
+
+
+def test_the_slurm_section_reports_its_figures_beside_the_login_node(slurm: SlurmCluster) -> None:
+    sizes = replace(TINY, stdout_reps=1, concurrent=0)
+    with Bench(sizes, [], say=lambda _: None, slurm=slurm) as bench:  # (d) is the other test's
+        result: Dict[str, Any] = json.loads(json.dumps(bench.run()))
+    figures = result["slurm"]
+    assert {key for key, _, _, _ in SLURM_FIGURES} == set(figures)
+    assert all(_positive(value) for value in figures.values()), figures
+    assert figures["start_minus_queue_s"] < figures["start_s"]
+    text = slurm_table(result)
+    assert "(d) login node" in text and "(e) Slurm job" in text and "proxykernel/testing/slurm.py" in text
+    assert slurm.jobs() == []

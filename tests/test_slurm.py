@@ -1,15 +1,19 @@
 """Kernels in Slurm jobs (``--slurm``), through the test sshd (AllowTcpForwarding no) and the suite's own
 single-node Slurm cluster (proxykernel/testing/slurm.py): the kernel runs in a batch job, every ssh
 session reaches it with ``srun --overlap``, a restart keeps the job, drops lose nothing, shutdown and
-an outside scancel end it cleanly (issue 13's "done when" 1, 2, 4, 5)."""
+an outside scancel end it cleanly, a full node makes the start wait (and say why), --queue-timeout
+bounds that wait (issue 13's "done when" 1 to 5)."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
@@ -19,6 +23,7 @@ from proxykernel.testing.slurm import SlurmCluster
 from tests.kernels import alive, kernel_manager, proxy_argv, run_cell, running_kernel, shell_reply
 from tests.test_kernel import CELLS, _normal
 from tests.test_reconnect import FAST, PRINT_UNTIL, collect_lines, dropping
+from tests.userland import one_error, proxykernel, user_env
 
 Kernel = Tuple[KernelManager, BlockingKernelClient]
 
@@ -134,6 +139,100 @@ def test_shutdown_ends_the_job_and_leaves_nothing_on_the_node(sshd: Any, slurm: 
     assert not (cache / ("%s.out" % job)).exists()
 
 
+@contextmanager
+def piped_kernel(argv: List[str], spec_dir: Path) -> Iterator[Tuple[KernelManager, BlockingKernelClient,
+                                                                       Callable[[], str]]]:
+    """A started kernel (not waited for) whose proxy's stderr, the Jupyter log, is read by the
+    third value: everything written so far (non-blocking: the ssh master holds the pipe open)."""
+    km = kernel_manager(argv, spec_dir)
+    km.start_kernel(stderr=subprocess.PIPE)
+    pipe = km.provisioner.process.stderr  # type: ignore[union-attr]
+    os.set_blocking(pipe.fileno(), False)
+    got: List[bytes] = []
+
+    def log() -> str:
+        got.append(pipe.read() or b"")
+        return b"".join(got).decode(errors="replace")
+    kc = km.client()
+    kc.start_channels()
+    try:
+        yield km, kc, log
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)  # a shutdown request: the job ends with the kernel
+        km.cleanup_resources()
+
+
+@contextmanager
+def node_full(slurm: SlurmCluster) -> Iterator[str]:
+    """A job holding all the node's CPUs, running; cancelled (and gone from squeue) at the end."""
+    job = slurm.run("sbatch", "--parsable", "--job-name=filler", "-c", str(slurm.cpus), "--output=/dev/null",
+                    "--wrap", "exec sleep 300").strip()
+    try:
+        wait_until(lambda: jobs(slurm).get(job, ["", ""])[1] == "RUNNING", 10)
+        yield job
+    finally:
+        slurm.run("scancel", job)
+        wait_until(lambda: job not in jobs(slurm), 10)
+
+
+def iopub_until(kc: BlockingKernelClient, msg_id: str, done: Callable[[List[Dict[str, Any]]], bool],
+                timeout: float) -> List[Dict[str, Any]]:
+    """The IOPub messages (type and content) of the request ``msg_id`` until ``done`` says so."""
+    got: List[Dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not done(got):
+        msg = kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id:
+            got.append({"msg_type": msg["msg_type"], **msg["content"]})
+    return got
+
+
+def our_job(slurm: SlurmCluster) -> str:
+    ours = [job for job, (name, *_) in jobs(slurm).items() if name.startswith("proxykernel-")]
+    assert len(ours) == 1, jobs(slurm)
+    return ours[0]
+
+
+def test_a_full_node_makes_the_start_wait_and_say_why(sshd: Any, slurm: SlurmCluster, tmp_path: Path) -> None:
+    with node_full(slurm) as filler, \
+            piped_kernel(slurm_argv(sshd, slurm, ["--slurm=--time=10"]), tmp_path) as (km, kc, log):
+        wait_until(lambda: "PENDING (Resources) for" in log(), 20)
+        job = our_job(slurm)
+        assert jobs(slurm)[job][1:] == ["PENDING", "Resources"]
+        assert "Slurm job %s PENDING (Resources) for " % job in log()
+        time.sleep(3.0)
+        msg_id = kc.execute("print('ran')")  # a cell run while the job waits shows why nothing happens
+        shown = iopub_until(kc, msg_id, lambda got: any(m["msg_type"] == "stream" for m in got), 10)
+        texts = [(m["name"], m["text"]) for m in shown if m["msg_type"] == "stream"]
+        assert len(texts) == 1 and texts[0][0] == "stderr", texts
+        said = re.fullmatch(r"\[proxykernel\] Slurm job %s PENDING \(Resources\) for (\d+) s; "
+                            r"the cell runs when the job starts\n" % job, texts[0][1])
+        assert said and int(said.group(1)) >= 3, texts  # the wait so far, not the first report's
+        time.sleep(1.0)
+        assert jobs(slurm)[job][1] == "PENDING" and km.is_alive()
+        slurm.run("scancel", filler)  # the node frees: the job runs, the kernel starts, the cell runs
+        reply = shell_reply(kc, msg_id, timeout=30)
+        assert reply["content"]["status"] == "ok"
+        ran = iopub_until(kc, msg_id, lambda got: any(m.get("execution_state") == "idle" for m in got), 10)
+        assert [m["text"] for m in ran if m["msg_type"] == "stream"] == ["ran\n"]
+        assert job_of(kc) == job
+        assert "Slurm job %s RUNNING on %s after " % (job, slurm.host) in log()
+
+
+def test_queue_timeout_cancels_a_job_that_cannot_run(sshd: Any, slurm: SlurmCluster, tmp_path: Path) -> None:
+    argv = slurm_argv(sshd, slurm, ["--slurm=--time=10"], "--queue-timeout", "2")
+    with node_full(slurm) as filler, piped_kernel(argv, tmp_path) as (km, kc, log):
+        wait_until(lambda: "PENDING (Resources) for" in log(), 20)
+        job = our_job(slurm)
+        assert 1.5 < wait_until(lambda: not km.is_alive(), 15) < 10
+        assert list(jobs(slurm)) == [filler]
+        errors = [line for line in log().splitlines() if "ERROR" in line or "Traceback" in line]
+        assert errors == ["[proxykernel ERROR] Slurm job %s still PENDING (Resources) after 2 s "
+                          "(--queue-timeout); it was cancelled"
+                          % job], log()
+
+
 def test_scancel_from_outside_is_a_dead_kernel_with_the_reason(sshd: Any, slurm: SlurmCluster,
                                                                 tmp_path: Path) -> None:
     km = kernel_manager(slurm_argv(sshd, slurm, ["--slurm=--time=10"], *FAST), tmp_path)
@@ -153,3 +252,27 @@ def test_scancel_from_outside_is_a_dead_kernel_with_the_reason(sshd: Any, slurm:
         km.shutdown_kernel(now=True)
         km.cleanup_resources()
     assert "Slurm job %s ended: CANCELLED" % job in stderr, stderr[-2000:]
+
+
+def test_check_with_slurm_options(sshd: Any, slurm: SlurmCluster, tmp_path: Path) -> None:
+    def check(options: str, pre_command: str = slurm.pre_command) -> "subprocess.CompletedProcess[str]":
+        return proxykernel(user_env(tmp_path), "check", sshd.alias, "--python", sys.executable, "--ssh-config",
+                           str(sshd.config_path), "--pre-command", pre_command, "--slurm", options)
+    good = check("--time=10 --partition=debug")
+    assert good.returncode == 0, good.stderr
+    steps = re.findall(r"^  ok +(\S+) .*$", good.stdout, re.M)
+    assert steps[-3:] == ["slurm", "options", "start"], good.stdout
+    assert re.search(r"ok +slurm +\d+\.\d\d s  sbatch, srun, squeue, scancel are on PATH", good.stdout)
+    assert re.search(r"ok +options +sbatch accepts --time=10 --partition=debug\n", good.stdout)
+    assert re.search(r"ok +start +a job would start at \S+ \(1 processors on nodes %s in partition debug\)"
+                     % slurm.host, good.stdout), good.stdout
+    assert good.stdout.rstrip().endswith("is ready for proxykernel in Slurm jobs")
+    assert one_error(check("--time=10 --bogus")) == \
+        "proxykernel check: error: Slurm refused --time=10 --bogus on %s: unrecognized option '--bogus'" % sshd.alias
+    assert one_error(check("--partition=nope")) == \
+        "proxykernel check: error: Slurm refused --partition=nope on %s: invalid partition specified: nope" \
+        % sshd.alias
+    assert one_error(check("", "export PATH=/nonexistent")) == \
+        "proxykernel check: error: Slurm's sbatch is not on PATH on %s: load it with --pre-command " \
+        "(e.g. 'module load slurm')" % sshd.alias
+    assert slurm.jobs() == []  # a test submission submits nothing

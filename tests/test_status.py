@@ -160,3 +160,11 @@ def test_the_remote_program_lists_on_the_oldest_python() -> None:
         assert not (directory / (ID + ".json")).exists()
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_a_daemon_in_a_batch_job_names_its_job(tmp_path: Path) -> None:
+    path = tmp_path / (ID + ".json")
+    StatusFile(str(path), Namespace(id=ID, linger=60.0, job="1234")).update(4711, {}, True, NOW)
+    assert json.loads(path.read_text())["job"] == "1234"
+    row = ps.kernel_row(kernel(job="1234"), NOW, time.time())
+    assert row[4] == "attached (2 h 5 min), job 1234"
