@@ -39,10 +39,12 @@ def kernel_manager(argv: Optional[List[str]], spec_dir: Path, interrupt_mode: st
 
 
 @contextmanager
-def running_kernel(argv: Optional[List[str]], spec_dir: Path,
-                   interrupt_mode: str = "signal") -> Iterator[Tuple[KernelManager, BlockingKernelClient]]:
+def running_kernel(argv: Optional[List[str]], spec_dir: Path, interrupt_mode: str = "signal",
+                   **start: Any) -> Iterator[Tuple[KernelManager, BlockingKernelClient]]:
+    """A kernel started as Jupyter starts one (``start``: more for ``start_kernel``, such as
+    ``env`` or ``stderr``), ready, with a client; shut down at the end."""
     km = kernel_manager(argv, spec_dir, interrupt_mode)
-    km.start_kernel()
+    km.start_kernel(**start)
     kc = km.client()
     kc.start_channels()
     try:

@@ -166,8 +166,10 @@ def test_interrupt_during_sleep(sshd: Any, tmp_path: Path, mode: str) -> None:
         assert time.monotonic() - started < 2.0
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        assert run_cell(kc, "1 + 1")[1] == [("execute_result", {
-            "data": {"text/plain": "2"}, "metadata": {}, "execution_count": 2})]
+        answer, outputs = run_cell(kc, "1 + 1")
+        if answer["status"] == "aborted":  # ipykernel aborts what comes just after an error, by its own clock
+            answer, outputs = run_cell(kc, "1 + 1")
+        assert [(kind, out["data"]) for kind, out in outputs] == [("execute_result", {"text/plain": "2"})]
 
 
 def test_restart_gives_fresh_kernel_and_shutdown_leaves_nothing(sshd: Any, tmp_path: Path) -> None:

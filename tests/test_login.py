@@ -30,7 +30,7 @@ from proxykernel.ssh import SSHOptions
 from proxykernel.testing.sshd import SSHServer
 from proxykernel.testing.twofactor import PasswordUser
 from remote_agent.paths import runtime_dir
-from tests.kernels import READY_TIMEOUT, kernel_manager, proxy_argv, run_cell
+from tests.kernels import READY_TIMEOUT, proxy_argv, run_cell, running_kernel
 from tests.test_reconnect import ssh_child
 from tests.userland import one_error, proxykernel, repo_python, user_env
 
@@ -128,17 +128,8 @@ def logged_kernel(host: TwoFactorHost, spec_dir: Path, log: IO[str],
     """A kernel through a kernelspec, as Jupyter starts it, its proxy's stderr in ``log``."""
     argv = proxy_argv(host.server, repo_python("system"), extra)
     argv[argv.index("--host") + 1] = host.alias
-    km = kernel_manager(argv, spec_dir)
-    km.start_kernel(stderr=log)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=READY_TIMEOUT)
+    with running_kernel(argv, spec_dir, stderr=log) as (km, kc):
         yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-        km.cleanup_resources()
 
 
 def check(host: TwoFactorHost, tmp_path: Path) -> "subprocess.CompletedProcess[str]":
