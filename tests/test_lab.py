@@ -22,6 +22,7 @@ from proxykernel.testing.jupyterlab import JupyterHome, JupyterServer
 from proxykernel.testing.labpage import CHROMIUM, LabNotebook, chromium
 from tests.kernels import alive
 from tests.test_reconnect import host_pid
+from tests.userland import kernels_on, proxykernel, user_env
 
 # Collected with the rest of the suite: a missing browser is a setup error, not a skip.
 assert os.access(CHROMIUM, os.X_OK), "no %s: run scripts/setup-test-env" % CHROMIUM
@@ -119,3 +120,43 @@ def test_a_variable_outlives_a_killed_jupyter_server(lab_home: JupyterHome, serv
     while alive(kernel):
         assert time.monotonic() - began < STOP_TIMEOUT, "the kernel outlived a clean stop of Jupyter"
         time.sleep(0.05)
+
+
+def test_a_persistent_kernel_outlives_a_clean_stop_of_jupyter(lab_home: JupyterHome, servers: Servers,
+                                                              browser: Any, sshd: Any, tmp_path: Path) -> None:
+    """Issue 11, done-when 3, as a user does it: --persistent, Jupyter stopped cleanly (SIGTERM, which
+    shuts its kernels down), started again: the same kernel; 'proxykernel ps' lists it detached with
+    its session, and 'proxykernel stop' ends it."""
+    display = "SSH lab persistent"
+    spec = lab_home.add_proxied_kernel(display, sshd.alias, sys.executable, str(sshd.config_path),
+                                       extra=["--persistent", "--persistent-linger", "300"])
+    name = "keep.ipynb"
+    session = str(lab_home.root / name)  # what Jupyter Server passes as JPY_SESSION_NAME
+    lab_home.write_notebook(name, spec, display)
+    first = servers()
+    notebook = LabNotebook.open(browser, first.notebook_url(name))
+    notebook.wait_for_kernel(display)
+    pid = int(notebook.run("y = 7; import os; os.getpid()"))
+    kernel = host_pid(sshd, pid)
+    first.stop(signal.SIGTERM)
+    notebook.close()
+    assert "shutdown requested: detaching (--persistent)" in first.log()
+    assert alive(kernel), "a persistent kernel outlives a clean stop of Jupyter"
+    listed = [k for k in kernels_on(sshd, tmp_path) if k["session"] == session]
+    assert [(k["attached"], k["persistent"]) for k in listed] == [(False, True)], listed
+
+    second = servers()
+    notebook = LabNotebook.open(browser, second.notebook_url(name))
+    notebook.wait_for_kernel(display)
+    assert notebook.run("print(y, os.getpid())") == "7 %d" % pid
+    second.stop(signal.SIGTERM)
+    notebook.close()
+    assert alive(kernel)
+    stopped = proxykernel(user_env(tmp_path), "stop", sshd.alias, "--ssh-config", str(sshd.config_path), session)
+    assert stopped.returncode == 0, stopped.stderr
+    began = time.monotonic()
+    while alive(kernel):
+        assert time.monotonic() - began < STOP_TIMEOUT, "'proxykernel stop' did not end the kernel"
+        time.sleep(0.05)
+    assert not [k for k in kernels_on(sshd, tmp_path) if k["session"] == session]
+

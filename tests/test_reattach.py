@@ -5,7 +5,6 @@ with no check skipped. Through the test sshd, real kernels, jupyter_client as Ju
 (``JPY_SESSION_NAME`` in the kernel's environment)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from jupyter_client.session import Session
 from tests.kernels import alive, printed, kernel_manager, proxy_argv, run_cell, shell_reply
 from tests.test_parent import wait_until_gone
 from tests.test_reconnect import host_pid
-from tests.userland import proxykernel, user_env
+from tests.userland import kernels_on, proxykernel, user_env
 
 LINES = 40  # the long cell prints one a 0.2 s: 8 s
 # Jupyter Server as the proxy sees it: a KernelManager that starts the kernel for a notebook.
@@ -269,7 +268,5 @@ def test_a_persistent_kernel_survives_a_shutdown_and_restart_still_restarts(sshd
 
 
 def listing(sshd: Any, tmp_path: Path) -> Dict[str, Dict[str, Any]]:
-    """``proxykernel ps --json`` on the test sshd: the kernels by session name."""
-    result = proxykernel(user_env(tmp_path), "ps", sshd.alias, "--ssh-config", str(sshd.config_path), "--json")
-    assert result.returncode == 0, result.stderr
-    return {kernel["session"]: kernel for kernel in json.loads(result.stdout)["kernels"] if kernel["session"]}
+    """The kernels ``proxykernel ps`` lists on the test sshd, by session name."""
+    return {kernel["session"]: kernel for kernel in kernels_on(sshd, tmp_path) if kernel["session"]}

@@ -89,3 +89,10 @@ def old_python(minor: str) -> str:
 
 __all__ = ["PWNED", "NASTY", "user_env", "run", "proxykernel", "one_error", "kernelspec",
            "execute_notebook", "stdout_of", "repo_python", "old_python"]
+
+
+def kernels_on(sshd: Any, tmp_path: Path) -> List[Dict[str, Any]]:
+    """``proxykernel ps --json`` on the test sshd: the kernels the agent holds there."""
+    result = proxykernel(user_env(tmp_path), "ps", sshd.alias, "--ssh-config", str(sshd.config_path), "--json")
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout)["kernels"])
