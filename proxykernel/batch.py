@@ -35,8 +35,9 @@ class _Cells(Protocol):
     """Where ``JobWatch.show_in_cell`` writes: ``frontend.Frontend``."""
     def publish_stream(self, text: str, before: Sequence[bytes]) -> None: ...
 
-__all__ = ["batch_command", "job_name", "JobWatch", "ATTACH_WAIT"]
+__all__ = ["batch_command", "job_name", "JobWatch", "ATTACH_WAIT", "JOB_PREFIX"]
 
+JOB_PREFIX = "proxykernel-"  # begins the name of every job we submit (``proxykernel ps`` looks for it)
 ATTACH_WAIT = 60.0  # how long a session's attach waits for the agent of a job that has just started
 log = logging.getLogger("proxykernel")
 T = TypeVar("T")
@@ -51,7 +52,7 @@ def job_name(connection_file: str, session: Optional[str] = None) -> str:
     if not tag:
         tag = os.path.splitext(os.path.basename(connection_file))[0]
         tag = tag[len("kernel-"):] if tag.startswith("kernel-") else tag
-    return "proxykernel-" + (re.sub(r"[^A-Za-z0-9._+-]", "_", tag)[:40] or "kernel")
+    return JOB_PREFIX + (re.sub(r"[^A-Za-z0-9._+-]", "_", tag)[:40] or "kernel")
 
 
 def batch_command(python: str, bundle: AgentBundle, agent_args: Sequence[str], kernel: str, *,

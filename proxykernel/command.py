@@ -129,12 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     ps_ = commands.add_parser("ps", help="list the kernels the agent holds on HOST",
                               description="List this user's kernels held by the agent on HOST: id, "
                                           "session, kernel pid, start, attached or detached, memory, "
-                                          "how long a detached one lingers, Python.")
+                                          "how long a detached one lingers, Python; on a login host, "
+                                          "also the kernels in its Slurm jobs (job id, state, node; "
+                                          "--pre-command as the kernelspec's, e.g. 'module load slurm').")
     _kernels_options(ps_)
     stop = commands.add_parser("stop", help="stop a kernel the agent holds on HOST",
                                description="Stop a kernel held by the agent on HOST (as 'proxykernel "
                                            "ps' lists it) by its id, a unique start of its id, or its "
-                                           "session name; or every detached one with --all.")
+                                           "session name (a kernel in a Slurm job: its job is "
+                                           "cancelled); or every detached one with --all.")
     _kernels_options(stop)
     stop.add_argument("kernel", nargs="?", metavar="ID|NAME", help="an id, its start, or a session name")
     stop.add_argument("--all", action="store_true", help="stop every kernel no proxy is attached to")
@@ -299,10 +302,13 @@ def cmd_ps(args: argparse.Namespace) -> None:
     reply = ps.ask(ssh_runner(_ssh(args), args.timeout), _target(args, args.python), ps.request("ps"))
     if args.json:
         print(json.dumps(dict(reply, host=args.host), indent=1))
-    elif not reply["kernels"]:
+        return
+    if not reply["kernels"]:
         print("no kernels held on %s" % args.host)
     else:
         _print_table(ps.kernel_rows(reply, time.time()))
+    for line in ps.notes(reply, args.host):
+        print(line)
 
 
 def cmd_stop(args: argparse.Namespace) -> None:

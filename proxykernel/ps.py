@@ -17,15 +17,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import remote_agent
 from proxykernel import remote_ps
+from proxykernel.batch import JOB_PREFIX
 from proxykernel.bootstrap import BootReader, remote_program
 from proxykernel.probe import ProbeFailed, Runner, Target, read_probe
+from proxykernel.remote_batch import JOB
+from proxykernel.scheduler import scheduler
 from remote_agent.listing import STOP_WAIT
 
-__all__ = ["ask", "request", "kernel_rows", "kernel_row", "stop_lines", "duration", "memory", "AGENT_MODULES", "HEADER",
-           "SHORT_ID", "STOP_WAIT"]
+__all__ = ["ask", "request", "kernel_rows", "kernel_row", "stop_lines", "notes", "duration", "memory",
+           "AGENT_MODULES", "HEADER", "SHORT_ID", "STOP_WAIT"]
 
 # The agent's modules remote_ps.py runs, in import order.
-AGENT_MODULES = ("paths", "handoff", "procs", "status", "listing")
+AGENT_MODULES = ("paths", "procs", "status", "jobs", "listing")
 HEADER = ("ID", "SESSION", "PID", "STARTED", "STATE", "MEMORY", "LINGERS UNTIL", "PYTHON")
 SHORT_ID = 12  # hex digits of a daemon's id shown in the table; ``stop`` takes any unique prefix
 
@@ -38,7 +41,10 @@ def request(action: str, query: Optional[str] = None, everything: bool = False,
     for name in AGENT_MODULES:
         with open(os.path.join(package, name + ".py"), encoding="utf-8") as source:
             modules.append([name, source.read()])
-    return json.dumps({"action": action, "query": query, "all": everything, "wait": wait,
+    sched = scheduler()  # the login host's kernels in batch jobs: asked through its interface
+    spec = {"label": sched.label, "state": sched.state(), "cancel": sched.cancel(), "running": list(sched.running),
+            "waiting": list(sched.waiting), "marker": JOB, "prefix": JOB_PREFIX}
+    return json.dumps({"action": action, "query": query, "all": everything, "wait": wait, "scheduler": spec,
                        "modules": modules}).encode()
 
 
@@ -86,14 +92,31 @@ def _until(until: float, remote_now: float, local_now: float) -> str:
     return "%s (in %s)" % (time.strftime("%a %H:%M" if left > 20 * 3600 else "%H:%M", when), duration(left))
 
 
+def _job(kernel: Dict[str, Any]) -> str:
+    """``job 1234 RUNNING on n7``, ``job 1234 PENDING (Resources)``: what the scheduler says of it
+    (just ``job 1234`` when only the daemon's status file said it)."""
+    words = ["job", str(kernel["job"])]
+    state, reason, node = (kernel.get(key) for key in ("job_state", "job_reason", "node"))
+    if state:
+        words.append(str(state))
+        if node and state == "RUNNING":
+            words += ["on", str(node)]
+        elif reason and reason != "None":
+            words.append("(%s)" % reason)
+    return _printable(" ".join(words))
+
+
 def kernel_row(kernel: Dict[str, Any], remote_now: float, local_now: float) -> Tuple[str, ...]:
-    """One line of ``proxykernel ps`` for one kernel of the reply."""
+    """One line of ``proxykernel ps`` for one kernel of the reply; a kernel known only from its
+    batch job (``status`` False: its daemon's file is on the compute node) shows the job alone."""
+    if kernel.get("status") is False:
+        return (kernel["id"][:SHORT_ID], "-", "-", "-", _job(kernel), "-", "-", "-")
     since = remote_now - float(kernel.get("since") or remote_now)
     state = "%s (%s)" % ("attached" if kernel.get("attached") else "detached", duration(since))
     if kernel.get("persistent"):
         state += ", persistent"
     if kernel.get("job"):  # a kernel in a batch job (--slurm)
-        state += ", job %s" % _printable(str(kernel["job"]))
+        state += ", " + _job(kernel)
     started = kernel.get("started")
     until = kernel.get("lingers_until")
     return (kernel["id"][:SHORT_ID], _printable(kernel.get("session") or "-"),
@@ -109,6 +132,19 @@ def kernel_rows(reply: Dict[str, Any], local_now: float) -> List[Tuple[str, ...]
     when our clock read ``local_now``."""
     kernels = sorted(reply["kernels"], key=lambda kernel: kernel.get("started") or reply["now"])
     return [HEADER] + [kernel_row(kernel, reply["now"], local_now) for kernel in kernels]
+
+
+def notes(reply: Dict[str, Any], host: str) -> List[str]:
+    """The lines ``proxykernel ps`` prints below its table: what it could not see on ``host``."""
+    said = []
+    if any(kernel.get("status") is False for kernel in reply["kernels"]):
+        said.append("note: kernels shown by their job alone run on compute nodes, whose local disk %s cannot "
+                    "read: session, pid, memory and attachment are not known here" % host)
+    if reply.get("scheduler_missing"):
+        said.append("note: %d kernel(s) recorded in batch jobs on %s, but %s is not on PATH there to tell "
+                    "whether their jobs run: pass the kernelspec's --pre-command (e.g. 'module load slurm')"
+                    % (reply.get("recorded_jobs", 0), host, _printable(reply["scheduler_missing"])))
+    return said
 
 
 def _name(kernel: Dict[str, Any]) -> str:
@@ -131,11 +167,23 @@ def stop_lines(reply: Dict[str, Any], host: str, query: Optional[str]) -> Tuple[
         return ["no detached kernel on %s" % host], None
     lines = []
     for kernel in kernels:
-        if "seconds" in kernel:
+        if "seconds" in kernel and kernel.get("cancelled"):
+            lines.append("stopped %s, job %s cancelled, in %.1f s" % (
+                _name(kernel), _printable(str(kernel["job"])), kernel["seconds"]))
+        elif "seconds" in kernel:
             lines.append("stopped %s, kernel pid %s, in %.1f s" % (
                 _name(kernel), kernel.get("kernel_pid") or "-", kernel["seconds"]))
         elif kernel["stopped"]:
             lines.append("%s had already stopped" % _name(kernel))
+    unseen = [_name(kernel) for kernel in kernels if kernel.get("unreachable")]
+    if unseen:
+        return lines, ("the agent of %s on %s answers on its socket, but its process is not visible from an ssh "
+                       "session there (another PID namespace): it cannot be stopped from here"
+                       % (", ".join(unseen), host))
+    cancelled = [_name(kernel) for kernel in kernels if not kernel["stopped"] and kernel.get("cancelled")]
+    if cancelled:
+        return lines, ("the job of %s on %s was cancelled but has not ended yet (see 'proxykernel ps %s')"
+                       % (", ".join(cancelled), host, host))
     stuck = [_name(kernel) for kernel in kernels if not kernel["stopped"]]
     if stuck:
         return lines, ("the agent of %s on %s has not exited yet after SIGTERM; it may still be stopping its "

@@ -2,15 +2,16 @@
 
 Sent as text after remote_checks.py, as ``python -c TEXT``, with the same rules (Python 2.7 syntax,
 only os and sys imported before ``require_python``). Its input is one JSON object: the request
-(``action``, ``query``, ``all``, ``wait``) and ``modules``, the source of the agent's modules that do
-the work (paths, status, procs, listing), which it runs as the ``remote_agent`` package: the remote
+(``action``, ``query``, ``all``, ``wait``, ``scheduler``) and ``modules``, the source of the agent's
+modules that do the work (paths, procs, status, jobs, listing), which it runs as the ``remote_agent``
+package (with ``jobs_dir`` added: where the login host records the jobs of --slurm kernels): the remote
 reads the status files with the very code that writes them, whether the agent is cached there or not,
 and on any Python >= 3.8 (ipykernel not needed). Answers ``INFO`` and a base64 JSON object.
 """
 import os
 import sys
 
-from proxykernel.remote_checks import require_python, say
+from proxykernel.remote_checks import job_files, require_python, say
 
 __all__ = ["main", "load_modules"]
 
@@ -37,6 +38,7 @@ def main(argv):
     import base64
     import json
     request = json.loads(sys.stdin.read())
+    request["jobs_dir"] = os.path.dirname(job_files("", "")[0])  # where the login host records jobs
     load_modules("remote_agent", request["modules"])
     from remote_agent.listing import answer
     say("INFO " + base64.b64encode(json.dumps(answer(request)).encode()).decode())

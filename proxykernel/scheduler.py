@@ -7,8 +7,9 @@ The scheduler is driven on the login host by ``remote_batch.py``, through four c
   the user's options follow it, and the job's output goes to ``@PXK_CACHE@/jobs/<job id>.out``;
 - ``attach(command)``: runs ``command`` as a new step of the running job ``@PXK_JOB@`` on its node
   ``@PXK_NODE@``, with the session's stdin and stdout, byte-exact and unbuffered;
-- ``state()``: prints ``STATE|REASON|NODE`` for the job; nothing (or fails) once it is forgotten;
-- ``cancel()``: ends the job;
+- ``state()``: prints ``STATE|REASON|NODE|NAME`` for the job; nothing (or fails) once it is forgotten
+  (``proxykernel ps`` on the login host asks it too, for each job file: remote_agent/jobs.py);
+- ``cancel()``: ends the job (a shutdown while pending, and ``proxykernel stop`` from the login host);
 - ``test_submit()``: checks the options (that follow it) without submitting, and says when such a
   job would start, which ``estimated_start`` picks out (``proxykernel check --slurm``).
 
@@ -84,7 +85,7 @@ class Slurm(Scheduler):
                 *command]
 
     def state(self) -> List[str]:
-        return ["squeue", "--noheader", "--states=all", "--jobs=" + JOB, "--format=%T|%r|%B"]
+        return ["squeue", "--noheader", "--states=all", "--jobs=" + JOB, "--format=%T|%r|%B|%j"]
 
     def cancel(self) -> List[str]:
         return ["scancel", JOB]

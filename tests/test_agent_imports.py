@@ -25,6 +25,7 @@ print(json.dumps(sorted(added - set(sys.stdlib_module_names))))
     ("remote_agent.handoff", {"remote_agent"}),  # attach's, too
     ("remote_agent.paths", {"remote_agent"}),
     ("remote_agent.listing", {"remote_agent"}),  # with status, procs, paths: sent by `proxykernel ps`
+    ("remote_agent.jobs", {"remote_agent"}),  # sent by `proxykernel ps` too
     # A new daemon launches the kernel before it imports zmq: its entry and what that needs first.
     ("remote_agent.daemon", {"remote_agent"}),
     ("remote_agent.link", {"remote_agent"}),

@@ -5,11 +5,14 @@ an outside scancel end it cleanly, a full node makes the start wait (and say why
 bounds that wait (issue 13's "done when" 1 to 5)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -276,3 +279,46 @@ def test_check_with_slurm_options(sshd: Any, slurm: SlurmCluster, tmp_path: Path
         "proxykernel check: error: Slurm's sbatch is not on PATH on %s: load it with --pre-command " \
         "(e.g. 'module load slurm')" % sshd.alias
     assert slurm.jobs() == []  # a test submission submits nothing
+
+
+@contextmanager
+def removed(directory: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_ps_lists_a_kernel_by_its_job_and_stop_cancels_the_job(sshd: Any, slurm: SlurmCluster, tmp_path: Path) -> None:
+    # The job files live in the test's own cache (those of other runs, job ids of other clusters, stay
+    # out), the daemon's status file in its own runtime directory (another ps cannot touch it).
+    cache, runtime = tmp_path / "cache", tempfile.mkdtemp(prefix="pxkps-", dir="/tmp")  # short: sockets
+    pre_command = "export XDG_CACHE_HOME=%s XDG_RUNTIME_DIR=%s; %s" % (
+        shlex.quote(str(cache)), shlex.quote(runtime), slurm.pre_command)
+    argv = proxy_argv(sshd, extra=["--slurm=--time=10", "--pre-command", pre_command])
+
+    def command(*args: str) -> "subprocess.CompletedProcess[str]":
+        return proxykernel(user_env(tmp_path), args[0], sshd.alias, "--python", sys.executable, "--ssh-config",
+                           str(sshd.config_path), "--pre-command", pre_command, *args[1:], timeout=60)
+
+    def listed() -> Dict[str, Dict[str, Any]]:
+        done = command("ps", "--json")
+        assert done.returncode == 0, done.stderr
+        return {kernel["id"]: kernel for kernel in json.loads(done.stdout)["kernels"]}
+    with removed(runtime), running_kernel(argv, tmp_path / "spec") as (km, kc):
+        job = job_of(kc)
+        [kernel_id] = [name for name in os.listdir(cache / "proxykernel" / "jobs") if "." not in name]
+        for _ in range(2):  # the daemon's pid is not visible from the sshd's PID namespace: its file stays
+            row = listed()[kernel_id]
+            assert (row["job"], row["job_state"], row["node"]) == (job, "RUNNING", slurm.host)
+            assert row["status"] is True and row["attached"] is True  # the node's status file, merged
+        table = command("ps").stdout
+        assert re.search(r"^%s .* attached \(\d+ s\), job %s RUNNING on %s " % (kernel_id[:12], job, slurm.host),
+                         table, re.M), table
+        stopped = command("stop", kernel_id)
+        assert stopped.returncode == 0, stopped.stderr
+        assert re.fullmatch(r"stopped %s, job %s cancelled, in \d+\.\d s\n" % (kernel_id[:12], job),
+                            stopped.stdout), stopped.stdout
+        assert wait_until(lambda: job not in jobs(slurm), 5) < 5
+        assert kernel_id not in listed()
+        assert wait_until(lambda: not km.is_alive(), 10) < 10

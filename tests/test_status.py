@@ -8,8 +8,10 @@ import base64
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from argparse import Namespace
@@ -21,7 +23,8 @@ import pytest
 from proxykernel import ps, remote_ps
 from proxykernel.bootstrap import remote_program
 from proxykernel.probe import ProbeFailed
-from remote_agent.listing import find
+from remote_agent import jobs
+from remote_agent.listing import ALIVE, daemon_state, find, list_kernels
 from remote_agent.status import StatusFile, read_statuses
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +171,70 @@ def test_a_daemon_in_a_batch_job_names_its_job(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["job"] == "1234"
     row = ps.kernel_row(kernel(job="1234"), NOW, time.time())
     assert row[4] == "attached (2 h 5 min), job 1234"
+
+
+SPEC = {"label": "Slurm", "running": ["RUNNING"], "waiting": ["PENDING"], "marker": "@JOB@", "prefix": "proxykernel-"}
+
+
+def test_kernels_in_jobs_are_rows_of_their_job_merged_with_a_readable_status() -> None:
+    on_node = {"id": "e" * 24, "job": "77", "job_state": "RUNNING", "job_reason": "None", "node": "n7"}
+    queued = {"id": "f" * 24, "job": "78", "job_state": "PENDING", "job_reason": "Resources", "node": ""}
+    seen = kernel(job="76")
+    merged = jobs.merge([seen], [dict(on_node), queued, {**on_node, "id": ID, "job": "76"}])
+    assert [k["id"] for k in merged] == [ID, "e" * 24, "f" * 24]
+    assert merged[0]["status"] is True and merged[0]["session"] == "analysis.ipynb" and merged[0]["node"] == "n7"
+    assert merged[1]["status"] is False and merged[2]["status"] is False
+    rows = ps.kernel_rows({"now": NOW, "kernels": merged}, time.time())
+    assert rows[1][4] == "attached (2 h 5 min), job 76 RUNNING on n7"
+    assert rows[2:] == [("e" * 12, "-", "-", "-", "job 77 RUNNING on n7", "-", "-", "-"),
+                        ("f" * 12, "-", "-", "-", "job 78 PENDING (Resources)", "-", "-", "-")]
+    assert ps.notes({"kernels": merged}, "login")[0].startswith(
+        "note: kernels shown by their job alone run on compute nodes, whose local disk login cannot read")
+    assert ps.notes({"kernels": [seen], "scheduler_missing": "squeue", "recorded_jobs": 2}, "login") == [
+        "note: 2 kernel(s) recorded in batch jobs on login, but squeue is not on PATH there to tell whether their "
+        "jobs run: pass the kernelspec's --pre-command (e.g. 'module load slurm')"]
+    lines, error = ps.stop_lines({"now": NOW, "kernels": [dict(merged[1], stopped=True, cancelled=True, seconds=0.31)],
+                                  "stopping": True}, "login", "e" * 24)
+    assert (lines, error) == (["stopped eeeeeeeeeeee, job 77 cancelled, in 0.3 s"], None)
+
+
+def test_only_job_files_of_jobs_that_run_or_wait_under_our_name_are_listed(tmp_path: Path) -> None:
+    for name, text in (("a" * 24, "5\n"), ("b" * 24, "6"), ("c" * 24, "7"), ("d" * 24, "8"), ("5.out", "x"),
+                       ("e" * 24 + ".new", "9")):
+        (tmp_path / name).write_text(text)
+    assert jobs.recorded(str(tmp_path)) == [("a" * 24, "5"), ("b" * 24, "6"), ("c" * 24, "7"), ("d" * 24, "8")]
+    said = {"5": "RUNNING|None|n1|proxykernel-a.ipynb", "6": "PENDING|Priority||proxykernel-b",
+            "7": "COMPLETED|None|n1|proxykernel-c", "8": "RUNNING|None|n1|someone-elses-job"}
+    state = [sys.executable, "-c", "import sys; print(%r.get(sys.argv[1], ''))" % said, "@JOB@"]
+    spec = dict(SPEC, state=state, cancel=["false"])
+    assert [(k["id"][0], k["job_state"], k["node"]) for k in jobs.job_kernels(spec, str(tmp_path))] == [
+        ("a", "RUNNING", "n1"), ("b", "PENDING", "")]
+    assert jobs.still_ours(spec, str(tmp_path), {"id": "a" * 24, "job": "5"})
+    assert not jobs.still_ours(spec, str(tmp_path), {"id": "a" * 24, "job": "6"})  # the file names another job
+    assert not jobs.forget(spec, str(tmp_path), {"id": "a" * 24, "job": "5"})  # still running: kept
+    assert jobs.forget(spec, str(tmp_path), {"id": "c" * 24, "job": "7"}) and not (tmp_path / ("c" * 24)).exists()
+    with pytest.raises(jobs.Missing):
+        jobs.job_kernels(dict(spec, state=["no-such-scheduler-command", "@JOB@"]), str(tmp_path))
+
+
+def test_a_status_file_goes_only_when_its_daemon_is_known_dead(tmp_path: Path) -> None:
+    directory = tempfile.mkdtemp(prefix="pxkst-", dir="/tmp")  # short: a socket is named in it
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()  # a pid that names nobody (or someone unrelated): as a daemon in another PID namespace
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(os.path.join(directory, "a" * 24 + ".sock"))
+        listening.listen(4)
+        closed = socket.socket(socket.AF_UNIX)
+        closed.bind(os.path.join(directory, "b" * 24 + ".sock"))
+        closed.close()  # its file stays, nobody listens: refused
+        for name in ("a", "b", "c"):  # c: no socket at all
+            (Path(directory) / (name * 24 + ".json")).write_text(json.dumps(kernel(id=name * 24, agent_pid=gone.pid)))
+        try:
+            assert daemon_state(kernel(id="a" * 24, agent_pid=gone.pid), directory) == ALIVE
+            assert [k["id"] for k in list_kernels(directory)] == ["a" * 24]
+        finally:
+            listening.close()
+        assert sorted(os.listdir(directory)) == ["a" * 24 + ".json", "a" * 24 + ".sock", "b" * 24 + ".sock"]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
