@@ -33,7 +33,8 @@ class PythonKernelTests(jupyter_kernel_test.KernelTests):
     code_display_data = [{"code": "from IPython.display import HTML, display; display(HTML('<b>test</b>'))",
                           "mime": "text/html"}]
     code_history_pattern = "1?2*"
-    supported_history_operations = ("tail", "search")  # "range": jupyter_kernel_test skips what is not claimed
+    # Not "range": its check failed once through the proxy, not yet looked into (closing note, issue 13).
+    supported_history_operations = ("tail", "search")
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
 
