@@ -15,6 +15,8 @@ import os
 import subprocess
 from typing import Any, Dict, List, Optional, Tuple
 
+from remote_agent.paths import listed
+
 __all__ = ["recorded", "query", "job_kernels", "merge", "still_ours", "cancel", "forget", "Missing",
            "COMMAND_WAIT"]
 
@@ -29,11 +31,7 @@ def recorded(directory: str) -> List[Tuple[str, str]]:
     """(kernel id, job id) of each job file in ``directory``, sorted; other files (job outputs
     ``<job>.out``, a file being written ``<id>.new``) are left out."""
     found = []
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    for name in names:
+    for name in listed(directory):
         if "." in name:
             continue
         try:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from typing import Optional
+from typing import List, Optional
 
-__all__ = ["runtime_dir", "runtime_path", "private_dir", "fits_sockets", "socket_path",
+__all__ = ["runtime_dir", "runtime_path", "private_dir", "fits_sockets", "socket_path", "listed",
            "MAX_SOCKET_PATH", "SOCKET_NAME_ROOM"]
 
 # sun_path is 104 bytes on macOS and the BSDs (108 on Linux), its closing NUL included.
@@ -69,3 +69,12 @@ def runtime_dir() -> str:
 
 def socket_path(kernel_id: str) -> str:
     return os.path.join(runtime_dir(), kernel_id + ".sock")
+
+
+def listed(directory: str) -> List[str]:
+    """The names in ``directory``, sorted; none if it cannot be read. For ``ps``'s readers of the
+    status files and the job files."""
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:
+        return []

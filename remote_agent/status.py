@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from remote_agent.paths import runtime_dir
+from remote_agent.paths import listed, runtime_dir
 
 __all__ = ["StatusFile", "status_path", "write_status", "read_statuses", "FORMAT", "SUFFIX"]
 
@@ -95,11 +95,7 @@ def read_statuses(directory: str) -> List[Tuple[str, Dict[str, Any]]]:
     """Every status file in ``directory`` as (path, fields), sorted by path; files that are not a
     status (unreadable, not JSON, no id matching the name) are left out. Called by ``listing``."""
     found = []
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    for name in names:
+    for name in listed(directory):
         if not name.endswith(SUFFIX):
             continue
         path = os.path.join(directory, name)
