@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
-import hmac
 import json
 import logging
 import uuid
@@ -20,6 +18,8 @@ import zmq
 
 from proxykernel.config import ConnectionFileError, load_connection_file
 from proxykernel.notices import Cells
+from remote_agent.peek import message_part
+from remote_agent.resign import DELIMITER, Signer
 from remote_agent.wire import Buffer
 
 __all__ = ["Frontend", "BindError", "SocketReader", "load_connection_file", "ConnectionFileError"]
@@ -28,13 +28,13 @@ log = logging.getLogger("proxykernel")
 
 HELD_IOPUB = 10000  # IOPub messages kept for the first subscriber, the newest ones
 
-class MessageSigner:
+class MessageSigner(Signer):
     """Makes the few Jupyter messages the proxy itself sends, signed as jupyter_client.Session
-    does (importing Session would cost every start 60 ms)."""
+    does (importing Session would cost every start 60 ms), and checks a frontend's signature
+    (``verify_message``) where the proxy acts on a message itself."""
 
-    def __init__(self, key: bytes, scheme: str) -> None:
-        self.key = key
-        self.digest = getattr(hashlib, scheme.split("-", 1)[-1])
+    def __init__(self, key: str, scheme: str) -> None:
+        super().__init__(key, scheme)
         self.session = uuid.uuid4().hex
         self.count = 0
 
@@ -45,23 +45,7 @@ class MessageSigner:
                   "username": "proxykernel", "session": self.session, "version": "5.3",
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         parts = [json.dumps(part).encode() for part in (header, parent or {}, {}, content)]
-        return [b"<IDS|MSG>", self.sign(parts)] + parts
-
-    def sign(self, parts: Sequence[Buffer]) -> bytes:
-        """The signature of a message's header, parent, metadata and content."""
-        if not self.key:
-            return b""
-        signature = hmac.new(self.key, digestmod=self.digest)
-        for part in parts:
-            signature.update(part)
-        return signature.hexdigest().encode()
-
-    def verify(self, frames: Sequence[Buffer]) -> bool:
-        """Was the message in ``frames`` (routing ids first) signed with this key?"""
-        for at, part in enumerate(frames):
-            if len(part) == 9 and bytes(part) == b"<IDS|MSG>" and len(frames) >= at + 6:
-                return hmac.compare_digest(bytes(frames[at + 1]), self.sign(frames[at + 2:at + 6]))
-        return False
+        return [DELIMITER, self.sign(parts)] + parts
 
 
 MessageHandler = Callable[[str, List[bytes]], None]
@@ -140,8 +124,7 @@ class Frontend:
         self.requested = False
         self.held_iopub: Optional[Deque[List[bytes]]] = deque(maxlen=HELD_IOPUB)
         self.cells = Cells()  # where the proxy's own notices go (``notify``)
-        self.signer = MessageSigner(str(info["key"]).encode(),
-                                    str(info.get("signature_scheme", "hmac-sha256")))
+        self.signer = MessageSigner(str(info["key"]), str(info.get("signature_scheme", "hmac-sha256")))
         loop = asyncio.get_running_loop()
         self.readers: Dict[str, SocketReader] = {}
         for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
@@ -215,8 +198,8 @@ class Frontend:
     def publish_stream(self, text: str, before: Sequence[Buffer]) -> None:
         """Show ``text`` on stderr in the cell that the IOPub message ``before`` belongs to."""
         try:
-            parent = json.loads(bytes(before[list(before).index(b"<IDS|MSG>") + 3]))
-        except (ValueError, IndexError):
+            parent = json.loads(message_part(before, 2))
+        except ValueError:
             parent = {}
         self._stream(text, parent)
 

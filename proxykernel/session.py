@@ -46,7 +46,7 @@ def shutdown_reply(frames: Sequence[Buffer], signer: "MessageSigner") -> Optiona
     that is not a restart and carries the frontend's signature, the ``shutdown_reply`` to send back
     to it; else None. With ``--persistent`` the proxy answers such a request itself and detaches,
     leaving the kernel running (``Proxy.detach_on_shutdown``)."""
-    if peek.restart_requested(frames) is not False or not signer.verify(frames):
+    if peek.restart_requested(frames) is not False or not signer.verify_message(frames):
         return None
     try:
         header = json.loads(peek.message_part(frames, 1).decode("utf-8"))

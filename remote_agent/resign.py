@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from typing import Any, Callable, List, Optional, Sequence
 
-__all__ = ["Signer", "Resigner", "DELIMITER"]
+__all__ = ["Signer", "Resigner", "DELIMITER", "delimiter_at"]
 
 DELIMITER = b"<IDS|MSG>"
 
@@ -42,6 +42,11 @@ class Signer:
         """Does ``signature`` match (in constant time)?"""
         return hmac.compare_digest(bytes(signature), self.sign(parts))
 
+    def verify_message(self, frames: Sequence[Any]) -> bool:
+        """Was the whole message in ``frames`` (routing ids first) signed with this key?"""
+        at = delimiter_at(frames)
+        return at >= 0 and len(frames) >= at + 6 and self.verify(frames[at + 1], frames[at + 2:at + 6])
+
 
 class Resigner:
     """Verifies with one key and signs with the other, in each direction. Made by ``Agent.reattach``
@@ -64,7 +69,7 @@ class Resigner:
         return self._resign(frames, self.kernel, self.frontend, "the kernel")
 
     def _resign(self, frames: List[Any], check: Signer, sign: Signer, sender: str) -> Optional[List[Any]]:
-        at = _delimiter_at(frames)
+        at = delimiter_at(frames)
         if at < 0 or len(frames) < at + 6:
             self._drop("a message from %s without the Jupyter message parts" % sender)
             return None
@@ -81,7 +86,8 @@ class Resigner:
                         "messages are dropped without a word)" % what)
 
 
-def _delimiter_at(frames: Sequence[Any]) -> int:
+def delimiter_at(frames: Sequence[Any]) -> int:
+    """Where the ``<IDS|MSG>`` delimiter is among a message's parts (-1: none)."""
     for at, part in enumerate(frames):
         if len(part) == len(DELIMITER) and bytes(part) == DELIMITER:
             return at
