@@ -108,8 +108,8 @@ class Agent:
             # the link's write fd when writable: flushed below
         self.check_timers(time.monotonic())
         process = self.kernel.process
-        self.status.update(process.pid if process is not None else None, self.kernel.config,
-                           self.stream.link is not None, time.time())  # writes only on a change
+        self.status.update((process.pid, self.kernel.started) if process is not None else None,
+                           self.kernel.config, self.stream.link is not None, time.time())  # writes on a change
         self.stream.flush()
 
     def check_timers(self, now: float) -> None:

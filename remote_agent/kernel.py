@@ -152,7 +152,7 @@ class Kernel:
         self.connection_dir: Optional[str] = None
         self.connection_info: Dict[str, Any] = {}
         self.launched_ahead: Optional[Launch] = None  # by the daemon, for the first Start frame
-        self.started = 0.0  # when the running kernel was launched (wall clock: for the proxy and ps)
+        self.started = 0.0  # when the running kernel was launched (wall clock: its age, for a reattach and ps)
         self._stderr_tail = b""
         self._retired: List[Tuple["subprocess.Popen[bytes]", float]] = []  # (old kernel, when to kill it)
 
@@ -195,7 +195,7 @@ class Kernel:
         return {"pid": self.process.pid, "hostname": socket.gethostname(),
                 "python": sys.version.split()[0], "executable": sys.executable,
                 "ipykernel": _ipykernel_version(), "transport": self.connection_info.get("transport"),
-                "connection_dir": self.connection_dir, "agent_pid": os.getpid(), "started": self.started,
+                "connection_dir": self.connection_dir, "agent_pid": os.getpid(),
                 "session": self.config.get("session")}
 
     def read_stderr(self) -> Optional[List[str]]:

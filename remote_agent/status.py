@@ -61,33 +61,33 @@ class StatusFile:
         self.path = path
         self.options = options  # read at each write: ``linger`` may change for a kernel
         self.shown: Optional[Tuple[Any, ...]] = None
-        self.started: Optional[float] = None
         self.since = 0.0
 
-    def update(self, kernel_pid: Optional[int], config: Dict[str, Any], attached: bool, now: float) -> None:
-        """Called on every loop turn: ``kernel_pid`` (None without a kernel), the kernel's Start
-        ``config``, whether a stream is attached, and the wall-clock time ``now``."""
-        shown = (kernel_pid, attached, config.get("session"), bool(config.get("persistent", False)),
+    def update(self, kernel: Optional[Tuple[int, float]], config: Dict[str, Any], attached: bool,
+               now: float) -> None:
+        """Called on every loop turn: ``kernel`` (its pid and when it was launched, wall clock; None
+        without a kernel), the kernel's Start ``config``, whether a stream is attached, and the
+        wall-clock time ``now``."""
+        shown = (kernel, attached, config.get("session"), bool(config.get("persistent", False)),
                  self.options.linger)
         if shown == self.shown:
             return
-        if self.shown is None or kernel_pid != self.shown[0]:
-            self.started = now if kernel_pid is not None else None
         if self.shown is None or attached != self.shown[1]:
             self.since = now
         self.shown = shown
         try:
-            write_status(self.path, self.fields(kernel_pid, attached, config))
+            write_status(self.path, self.fields(kernel, attached, config))
         except OSError:
             pass
 
-    def fields(self, kernel_pid: Optional[int], attached: bool, config: Dict[str, Any]) -> Dict[str, Any]:
+    def fields(self, kernel: Optional[Tuple[int, float]], attached: bool, config: Dict[str, Any]) -> Dict[str, Any]:
         """What the file says; only the two named keys are taken from ``config`` (it has the key)."""
         session = config.get("session")
+        kernel_pid, started = kernel if kernel is not None else (None, None)
         return {"format": FORMAT, "id": self.options.id, "agent_pid": os.getpid(),
                 "session": session if isinstance(session, str) else None,
                 "persistent": bool(config.get("persistent", False)), "kernel_pid": kernel_pid,
-                "python": sys.executable, "started": self.started, "attached": attached,
+                "python": sys.executable, "started": started, "attached": attached,
                 "since": self.since, "linger": float(self.options.linger), "job": getattr(self.options, "job", None)}
 
 

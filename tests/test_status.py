@@ -45,7 +45,7 @@ def test_a_status_file_is_private_has_no_secret_and_is_written_only_on_a_change(
     path = tmp_path / (ID + ".json")
     status = StatusFile(str(path), Namespace(id=ID, linger=60.0))
     config = {"key": "the-session-key", "session": "a.ipynb", "persistent": True, "env": {"TOKEN": "x"}}
-    status.update(4711, config, True, NOW)
+    status.update((4711, NOW), config, True, NOW)
     written = json.loads(path.read_text())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "the-session-key" not in path.read_text() and "TOKEN" not in path.read_text()
@@ -53,11 +53,11 @@ def test_a_status_file_is_private_has_no_secret_and_is_written_only_on_a_change(
                        "kernel_pid": 4711, "python": written["python"], "started": NOW, "attached": True,
                        "since": NOW, "linger": 60.0, "job": None}
     path.unlink()
-    status.update(4711, config, True, NOW + 5)  # nothing shown changed: not rewritten
+    status.update((4711, NOW), config, True, NOW + 5)  # nothing shown changed: not rewritten
     assert not path.exists()
-    status.update(4711, config, False, NOW + 10)  # the proxy went: detached since then
+    status.update((4711, NOW), config, False, NOW + 10)  # the proxy went: detached since then
     assert (json.loads(path.read_text())["attached"], json.loads(path.read_text())["since"]) == (False, NOW + 10)
-    status.update(4712, config, True, NOW + 20)  # a restart's new kernel, a new proxy
+    status.update((4712, NOW + 20), config, True, NOW + 20)  # a restart's new kernel, a new proxy
     assert json.loads(path.read_text())["started"] == NOW + 20
     status.update(None, {}, False, NOW + 30)  # between kernels
     assert json.loads(path.read_text())["kernel_pid"] is None
@@ -167,7 +167,7 @@ def test_the_remote_program_lists_on_the_oldest_python() -> None:
 
 def test_a_daemon_in_a_batch_job_names_its_job(tmp_path: Path) -> None:
     path = tmp_path / (ID + ".json")
-    StatusFile(str(path), Namespace(id=ID, linger=60.0, job="1234")).update(4711, {}, True, NOW)
+    StatusFile(str(path), Namespace(id=ID, linger=60.0, job="1234")).update((4711, NOW), {}, True, NOW)
     assert json.loads(path.read_text())["job"] == "1234"
     row = ps.kernel_row(kernel(job="1234"), NOW, time.time())
     assert row[4] == "attached (2 h 5 min), job 1234"
