@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 from proxykernel.config import (ConnectionFileError, ProxyConfig, control_path, load_connection_file,
                                 ssh_command)
 from proxykernel.ssh import SSHOptions, spawn_ssh
+from remote_agent.frames import CHANNELS  # stdlib only: cli stays light
 
 if TYPE_CHECKING:
     import logging
@@ -75,7 +76,7 @@ def hold_ports(info: Dict[str, object]) -> List[socket.socket]:
         return []
     ip = str(info.get("ip", "127.0.0.1"))
     held = []
-    for channel in ("shell", "iopub", "stdin", "control", "hb"):
+    for channel in CHANNELS:
         sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZMQ binds it after us
